@@ -1,0 +1,191 @@
+// kernels/avx512.cpp — AVX-512 F/BW/VL/DQ + VNNI kernels (Ice Lake, Sapphire Rapids, Zen 4/5).
+// Contract: same results as kernels/scalar.cpp (quantize_act bit-exact). Compiled with its own -m flags;
+// only reached when dispatch.cpp has seen these features in cpuid and the OS saves the zmm state.
+#include <immintrin.h>
+
+#include "../common.h"
+#include "../kernels.h"
+
+namespace l32 {
+namespace avx512 {
+
+static inline __mmask16 tail_mask16(int64_t k) { return k >= 16 ? __mmask16(0xffff) : __mmask16((1u << k) - 1u); }
+
+template <int NT>
+static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
+    const float* xr[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = _mm512_setzero_ps(); }
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 wv = _mm512_maskz_loadu_ps(m, w + i);
+        for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xr[t] + i), acc[t]);
+    }
+    for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
+}
+
+template <int NT>
+static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
+    const float* xr[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = _mm512_setzero_ps(); }
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        // bf16 -> f32: widen to 32 bits and shift into the high half
+        const __m512i wi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i));
+        const __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(wi, 16));
+        for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xr[t] + i), acc[t]);
+    }
+    for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
+}
+
+// Quantized dots, two blocks (64 codes) per step. vpdpbusd multiplies the unsigned weight codes by the
+// signed activations; the codes carry +OFFSET (128 for q8_0, 8 for q4_0), removed at the end through the
+// activation block sums: dot = sum_b dw_b * (dx_b * idot_b - OFFSET * s_b).
+// Scales are handled 16 blocks at a time: S = dw * dx for 16 blocks, and a permute spreads the pair
+// (S_b, S_b+1) over the 8+8 int32 lanes that hold the two blocks' partial dots.
+template <int NT, bool Q4>
+static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
+    constexpr float OFFSET = Q4 ? 8.0f : 128.0f;
+    const int64_t nb = n / 32;
+    const int8_t* xq[NT];
+    __m512 acc[NT], corr[NT];
+    for (int t = 0; t < NT; ++t) {
+        xq[t] = static_cast<const int8_t*>(x.q) + t * x.q_stride;
+        acc[t] = _mm512_setzero_ps();
+        corr[t] = _mm512_setzero_ps();
+    }
+    const __m512i pair_idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i two = _mm512_set1_epi32(2);
+    const __m512i dup_idx = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);   // [b, b, b+1, b+1] 16-byte groups
+    const __m512i nib_shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);  // low nibbles, then high
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+        const int64_t nblk = nb - b0 < 16 ? nb - b0 : 16;
+        const __mmask16 m16 = tail_mask16(nblk);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wd + b0));
+        __m512 S[NT];
+        for (int t = 0; t < NT; ++t) {
+            S[t] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d + t * x.b_stride + b0));
+            corr[t] = _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(m16, x.s + t * x.b_stride + b0), corr[t]);
+        }
+        __m512i idx = pair_idx0;
+        for (int64_t j = 0; j < nblk; j += 2, idx = _mm512_add_epi32(idx, two)) {
+            const int64_t b = b0 + j;
+            const bool two_blocks = j + 1 < nblk;
+            const __mmask64 m64 = two_blocks ? ~__mmask64(0) : __mmask64(0xffffffffu);
+            __m512i codes;
+            if (Q4) {
+                const __mmask32 m32 = two_blocks ? ~__mmask32(0) : __mmask32(0xffffu);
+                const __m512i raw = _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m32, wq + b * 16));
+                codes = _mm512_and_si512(_mm512_srlv_epi64(_mm512_permutexvar_epi64(dup_idx, raw), nib_shift), low4);
+            } else {
+                codes = _mm512_maskz_loadu_epi8(m64, wq + b * 32);
+            }
+            for (int t = 0; t < NT; ++t) {
+                const __m512i xv = _mm512_maskz_loadu_epi8(m64, xq[t] + b * 32);
+                const __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xv);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, S[t]), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]) - OFFSET * _mm512_reduce_add_ps(corr[t]);
+}
+
+#define L32_DISPATCH_NT(fn, ...)              \
+    switch (nt) {                             \
+        case 1: fn<1>(__VA_ARGS__); break;    \
+        case 2: fn<2>(__VA_ARGS__); break;    \
+        case 3: fn<3>(__VA_ARGS__); break;    \
+        default: fn<4>(__VA_ARGS__); break;   \
+    }
+
+static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
+    L32_DISPATCH_NT(dot_f32_nt, n, w, x, out, os)
+}
+static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
+    L32_DISPATCH_NT(dot_bf16_nt, n, w, x, out, os)
+}
+template <int NT> static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
+    dot_q_nt<NT, false>(n, wq, wd, x, out, os);
+}
+template <int NT> static void dot_q4_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
+    dot_q_nt<NT, true>(n, wq, wd, x, out, os);
+}
+static void dot_q8_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
+    L32_DISPATCH_NT(dot_q8_nt, n, wq, wd, x, out, os)
+}
+static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
+    L32_DISPATCH_NT(dot_q4_nt, n, wq, wd, x, out, os)
+}
+
+static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
+    const __m512 sign_off = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const __m512 a = _mm512_loadu_ps(x + b * 32);
+        const __m512 c = _mm512_loadu_ps(x + b * 32 + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, sign_off), _mm512_and_ps(c, sign_off)));
+        const float db = amax / 127.0f;
+        const float id = db != 0.0f ? 1.0f / db : 0.0f;
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid));  // round to nearest even
+        const __m512i qc = _mm512_cvtps_epi32(_mm512_mul_ps(c, vid));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * 32), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * 32 + 16), _mm512_cvtepi32_epi8(qc));
+        d[b] = db;
+        s[b] = db * float(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc)));
+    }
+}
+
+static float dot_f32_f32(int64_t n, const float* a, const float* b) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static float dot_f32_f16(int64_t n, const float* a, const uint16_t* b) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 bv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + i));
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), bv, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static void axpy_f32(int64_t n, float a, const float* x, float* y) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static void axpy_f16(int64_t n, float a, const uint16_t* x, float* y) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 xv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xv, _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static void to_f16(int64_t n, const float* x, uint16_t* y) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(y + i, m, h);
+    }
+}
+
+extern const KernelTable table = {
+    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, quantize_act,
+    dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
+};
+
+}  // namespace avx512
+}  // namespace l32

@@ -1,0 +1,116 @@
+// kernels/scalar.cpp — the reference body of every kernel: plain C++, no SIMD, any CPU.
+// Contract: SIMD tables must agree with these (quantize_act bit-exactly, dots to rounding).
+#include <cmath>
+
+#include "../common.h"
+#include "../kernels.h"
+
+namespace l32 {
+namespace scalar {
+
+static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
+    for (int t = 0; t < nt; ++t) {
+        const float* xr = static_cast<const float*>(x.q) + t * x.q_stride;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < n; ++i) acc += w[i] * xr[i];
+        out[t * os] = acc;
+    }
+}
+
+static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
+    for (int t = 0; t < nt; ++t) {
+        const float* xr = static_cast<const float*>(x.q) + t * x.q_stride;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < n; ++i) acc += bf16_to_f32(w[i]) * xr[i];
+        out[t * os] = acc;
+    }
+}
+
+// dot = sum_b dw_b * (dx_b * sum_j code_j * xq_j - offset * s_b): the codes carry +offset,
+// and s_b = dx_b * sum_j xq_j removes it.
+static void dot_q8_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
+                     int64_t os) {
+    const int64_t nb = n / 32;
+    for (int t = 0; t < nt; ++t) {
+        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
+        const float* xd = x.d + t * x.b_stride;
+        const float* xs = x.s + t * x.b_stride;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; ++b) {
+            int32_t isum = 0;
+            for (int j = 0; j < 32; ++j) isum += int32_t(wq[b * 32 + j]) * xq[b * 32 + j];
+            acc += f16_to_f32(wd[b]) * (xd[b] * float(isum) - 128.0f * xs[b]);
+        }
+        out[t * os] = acc;
+    }
+}
+
+static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
+                     int64_t os) {
+    const int64_t nb = n / 32;
+    for (int t = 0; t < nt; ++t) {
+        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
+        const float* xd = x.d + t * x.b_stride;
+        const float* xs = x.s + t * x.b_stride;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; ++b) {
+            int32_t isum = 0;
+            for (int j = 0; j < 16; ++j) {
+                const uint8_t byte = wq[b * 16 + j];
+                isum += int32_t(byte & 0x0f) * xq[b * 32 + j] + int32_t(byte >> 4) * xq[b * 32 + j + 16];
+            }
+            acc += f16_to_f32(wd[b]) * (xd[b] * float(isum) - 8.0f * xs[b]);
+        }
+        out[t * os] = acc;
+    }
+}
+
+static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
+    for (int64_t b = 0; b < n / 32; ++b) {
+        const float* xb = x + b * 32;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+        const float db = amax / 127.0f;
+        const float id = db != 0.0f ? 1.0f / db : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < 32; ++j) {
+            const int v = int(std::nearbyint(xb[j] * id));
+            q[b * 32 + j] = int8_t(v);
+            sum += v;
+        }
+        d[b] = db;
+        s[b] = db * float(sum);
+    }
+}
+
+static float dot_f32_f32(int64_t n, const float* a, const float* b) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+    return acc;
+}
+
+static float dot_f32_f16(int64_t n, const float* a, const uint16_t* b) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; ++i) acc += a[i] * f16_to_f32(b[i]);
+    return acc;
+}
+
+static void axpy_f32(int64_t n, float a, const float* x, float* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+static void axpy_f16(int64_t n, float a, const uint16_t* x, float* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] += a * f16_to_f32(x[i]);
+}
+
+static void to_f16(int64_t n, const float* x, uint16_t* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
+}
+
+extern const KernelTable table = {
+    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, quantize_act,
+    dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
+};
+
+}  // namespace scalar
+}  // namespace l32

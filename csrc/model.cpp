@@ -1,0 +1,389 @@
+// model.cpp — weights in memory and the Llama 3.2 forward pass (SPEC.md §2-3), one batched entry point.
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "dispatch.h"
+#include "ops.h"
+
+namespace l32 {
+
+static int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void Config::validate() const {
+    L32_CHECK(n_embd > 0 && n_layer > 0 && n_head > 0 && n_head_kv > 0 && head_dim > 0 && n_ff > 0 && n_vocab > 0,
+              "config: every dimension must be positive");
+    L32_CHECK(n_head % n_head_kv == 0, "config: n_head must be a multiple of n_head_kv");
+    L32_CHECK(head_dim % 2 == 0, "config: head_dim must be even");
+    L32_CHECK(int64_t(rope_inv_freq.size()) == head_dim / 2, "config: rope_inv_freq must have head_dim/2 entries");
+    L32_CHECK(std::isfinite(rms_eps) && rms_eps > 0, "config: rms_eps must be positive");
+}
+
+Engine::Engine(Config cfg, int64_t n_ctx, int64_t n_seq, WType kv_type, int n_threads)
+    : cfg_(std::move(cfg)), k_(&active_kernels()), n_threads_(1) {
+    cfg_.validate();
+    set_threads(n_threads);
+    L32_CHECK(n_ctx > 0 && n_ctx <= (int64_t(1) << 22), "context_length must be in [1, 4194304]");
+    L32_CHECK(n_seq > 0 && n_seq <= 4096, "number of sequences must be in [1, 4096]");
+    L32_CHECK(kv_type == WType::F32 || kv_type == WType::F16, "kv_cache must be f32 or f16");
+    w_.layers.resize(size_t(cfg_.n_layer));
+    kv_.type = kv_type;
+    kv_.n_layer = cfg_.n_layer;
+    kv_.n_seq = n_seq;
+    kv_.n_head_kv = cfg_.n_head_kv;
+    kv_.n_ctx = n_ctx;
+    kv_.head_dim = cfg_.head_dim;
+    // checked size: layers * seqs * kv_dim * ctx * bytes, in long double to catch overflow
+    const long double bytes = (long double)cfg_.n_layer * n_seq * cfg_.kv_dim() * n_ctx * kv_.elem_bytes();
+    L32_CHECK(bytes < (long double)(int64_t(1) << 46), "KV cache size overflows");
+    // aligned_alloc does not touch the pages: RSS grows only with the positions actually written.
+    kv_.k.resize(size_t(bytes));
+    kv_.v.resize(size_t(bytes));
+}
+
+void Engine::set_threads(int n) {
+    L32_CHECK(n >= 1 && n <= 1024, "threads must be in [1, 1024]");
+    n_threads_ = n;
+}
+
+Matrix* Engine::find_matrix(const std::string& name, int64_t& rows, int64_t& cols) {
+    const Config& c = cfg_;
+    if (name == "tok_embd") { rows = c.n_vocab; cols = c.n_embd; return &w_.tok_embd; }
+    if (name == "output") { rows = c.n_vocab; cols = c.n_embd; return &w_.output; }
+    if (name.compare(0, 4, "blk.") != 0) return nullptr;
+    const size_t dot = name.find('.', 4);
+    if (dot == std::string::npos) return nullptr;
+    int64_t i = -1;
+    try { i = std::stoll(name.substr(4, dot - 4)); } catch (...) { return nullptr; }
+    if (i < 0 || i >= c.n_layer || std::to_string(i) != name.substr(4, dot - 4)) return nullptr;
+    Layer& L = w_.layers[size_t(i)];
+    const std::string t = name.substr(dot + 1);
+    if (t == "attn_q") { rows = c.q_dim(); cols = c.n_embd; return &L.wq; }
+    if (t == "attn_k") { rows = c.kv_dim(); cols = c.n_embd; return &L.wk; }
+    if (t == "attn_v") { rows = c.kv_dim(); cols = c.n_embd; return &L.wv; }
+    if (t == "attn_output") { rows = c.n_embd; cols = c.q_dim(); return &L.wo; }
+    if (t == "ffn_gate") { rows = c.n_ff; cols = c.n_embd; return &L.w_gate; }
+    if (t == "ffn_up") { rows = c.n_ff; cols = c.n_embd; return &L.w_up; }
+    if (t == "ffn_down") { rows = c.n_embd; cols = c.n_ff; return &L.w_down; }
+    return nullptr;
+}
+
+std::vector<float>* Engine::find_vector(const std::string& name, int64_t& n) {
+    n = cfg_.n_embd;
+    if (name == "output_norm") return &w_.output_norm;
+    if (name.compare(0, 4, "blk.") != 0) return nullptr;
+    const size_t dot = name.find('.', 4);
+    if (dot == std::string::npos) return nullptr;
+    int64_t i = -1;
+    try { i = std::stoll(name.substr(4, dot - 4)); } catch (...) { return nullptr; }
+    if (i < 0 || i >= cfg_.n_layer || std::to_string(i) != name.substr(4, dot - 4)) return nullptr;
+    const std::string t = name.substr(dot + 1);
+    if (t == "attn_norm") return &w_.layers[size_t(i)].attn_norm;
+    if (t == "ffn_norm") return &w_.layers[size_t(i)].ffn_norm;
+    return nullptr;
+}
+
+// One source row (any format) as f32.
+static void source_row_f32(WType src, const void* data, int64_t row, int64_t cols, float* out) {
+    switch (src) {
+        case WType::F32: std::memcpy(out, static_cast<const float*>(data) + row * cols, size_t(cols) * 4); break;
+        case WType::F16: {
+            const uint16_t* p = static_cast<const uint16_t*>(data) + row * cols;
+            for (int64_t i = 0; i < cols; ++i) out[i] = f16_to_f32(p[i]);
+            break;
+        }
+        case WType::BF16: {
+            const uint16_t* p = static_cast<const uint16_t*>(data) + row * cols;
+            for (int64_t i = 0; i < cols; ++i) out[i] = bf16_to_f32(p[i]);
+            break;
+        }
+        case WType::Q8_0: dequantize_row_q8_0(static_cast<const block_q8_0*>(data) + row * (cols / QK), out, cols); break;
+        case WType::Q4_0: dequantize_row_q4_0(static_cast<const block_q4_0*>(data) + row * (cols / QK), out, cols); break;
+    }
+}
+
+void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void* data, WType target,
+                    int n_threads) {
+    L32_CHECK(target == WType::F32 || target == WType::BF16 || target == WType::Q8_0 || target == WType::Q4_0,
+              "in-memory matrix type must be f32, bf16, q8_0 or q4_0");
+    const bool quant_src = src == WType::Q8_0 || src == WType::Q4_0;
+    const bool quant_dst = target == WType::Q8_0 || target == WType::Q4_0;
+    L32_CHECK(!(quant_src || quant_dst) || cols % QK == 0,
+              "width " + std::to_string(cols) + " is not a multiple of 32 (needed by " +
+                  (quant_src ? wtype_name(src) : wtype_name(target)) + ")");
+    m.type = target;
+    m.rows = rows;
+    m.cols = cols;
+    m.data.resize(m.row_bytes() * size_t(rows));
+    if (quant_dst) m.scales.resize(size_t(rows * (cols / QK)) * 2);
+    const int64_t nb = cols / QK;
+    const size_t row_bytes = m.row_bytes();
+    uint8_t* dst = m.data.as<uint8_t>();
+    uint16_t* dsc = m.scales.as<uint16_t>();
+
+    // Rows convert independently; each thread keeps one f32 row and one row of blocks.
+#pragma omp parallel num_threads(n_threads)
+    {
+        std::vector<float> tmp(static_cast<size_t>(cols));
+        std::vector<block_q8_0> b8(static_cast<size_t>(nb));
+        std::vector<block_q4_0> b4(static_cast<size_t>(nb));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            uint8_t* out = dst + size_t(r) * row_bytes;
+            const block_q8_0* in8 = static_cast<const block_q8_0*>(data) + r * nb;
+            const block_q4_0* in4 = static_cast<const block_q4_0*>(data) + r * nb;
+            if (src == target && !quant_src) {  // f32 -> f32, bf16 -> bf16: plain copy
+                std::memcpy(out, static_cast<const uint8_t*>(data) + size_t(r) * row_bytes, row_bytes);
+                continue;
+            }
+            if (src != target || !quant_src) {
+                source_row_f32(src, data, r, cols, tmp.data());
+                if (target == WType::Q8_0) quantize_row_q8_0_ref(tmp.data(), b8.data(), cols);
+                if (target == WType::Q4_0) quantize_row_q4_0_ref(tmp.data(), b4.data(), cols);
+                in8 = b8.data();
+                in4 = b4.data();
+            }
+            switch (target) {
+                case WType::F32: std::memcpy(out, tmp.data(), size_t(cols) * 4); break;
+                case WType::BF16: {
+                    uint16_t* o = reinterpret_cast<uint16_t*>(out);
+                    for (int64_t i = 0; i < cols; ++i) o[i] = f32_to_bf16(tmp[size_t(i)]);
+                    break;
+                }
+                case WType::Q8_0:  // split layout, codes stored as q + 128
+                    for (int64_t b = 0; b < nb; ++b) {
+                        dsc[r * nb + b] = in8[b].d;
+                        for (int j = 0; j < QK; ++j) out[b * QK + j] = uint8_t(in8[b].qs[j]) ^ 0x80u;
+                    }
+                    break;
+                case WType::Q4_0:
+                    for (int64_t b = 0; b < nb; ++b) {
+                        dsc[r * nb + b] = in4[b].d;
+                        std::memcpy(out + b * 16, in4[b].qs, 16);
+                    }
+                    break;
+                case WType::F16: break;
+            }
+        }
+    }
+}
+
+void Engine::set_tensor(const std::string& name, WType src, const void* data, const std::vector<int64_t>& shape,
+                        WType target) {
+    L32_CHECK(!ready_, "tensors cannot be changed after finalize()");
+    int64_t rows = 0, cols = 0, n = 0;
+    if (std::vector<float>* vec = find_vector(name, n)) {
+        L32_CHECK(shape.size() == 1 && shape[0] == n,
+                  "tensor " + name + ": expected shape [" + std::to_string(n) + "]");
+        L32_CHECK(src == WType::F32 || src == WType::F16 || src == WType::BF16,
+                  "tensor " + name + ": a norm weight must be f32, f16 or bf16");
+        vec->assign(size_t(n), 0.0f);
+        source_row_f32(src, data, 0, n, vec->data());
+        set_[name] = true;
+        return;
+    }
+    Matrix* m = find_matrix(name, rows, cols);
+    L32_CHECK(m != nullptr, "unknown tensor name '" + name + "'");
+    L32_CHECK(shape.size() == 2 && shape[0] == rows && shape[1] == cols,
+              "tensor " + name + ": expected shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+    try {
+        convert_matrix(*m, rows, cols, src, data, target, n_threads_);
+    } catch (const Error& e) {
+        throw Error("tensor " + name + ": " + e.what());
+    }
+    set_[name] = true;
+}
+
+void Engine::finalize() {
+    std::vector<std::string> need = {"tok_embd", "output_norm"};
+    if (!cfg_.tie_word_embeddings) need.push_back("output");
+    static const char* per_layer[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                      "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down"};
+    for (int64_t i = 0; i < cfg_.n_layer; ++i)
+        for (const char* t : per_layer) need.push_back("blk." + std::to_string(i) + "." + t);
+    for (const auto& name : need) L32_CHECK(set_.count(name), "missing tensor '" + name + "'");
+    ready_ = true;
+}
+
+const Matrix& Engine::matrix(const std::string& name) const {
+    int64_t r, c;
+    Matrix* m = const_cast<Engine*>(this)->find_matrix(name, r, c);
+    L32_CHECK(m && set_.count(name), "no matrix named '" + name + "'");
+    return *m;
+}
+
+const std::vector<float>& Engine::vector(const std::string& name) const {
+    int64_t n;
+    std::vector<float>* v = const_cast<Engine*>(this)->find_vector(name, n);
+    L32_CHECK(v && set_.count(name), "no vector named '" + name + "'");
+    return *v;
+}
+
+size_t Engine::weight_bytes() const {
+    size_t total = w_.tok_embd.data.bytes + w_.tok_embd.scales.bytes + w_.output.data.bytes + w_.output.scales.bytes;
+    for (const Layer& L : w_.layers)
+        for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+            total += m->data.bytes + m->scales.bytes;
+    return total;
+}
+
+// Causal GQA attention for the batch rows over the cache: q in st_.q, output in st_.att.
+// A worker takes one (row, KV head) pair and serves the whole query group from one read of the K/V rows.
+void Engine::attention(int64_t layer, const int32_t* pos, const int32_t* seq, int64_t n) {
+    const int64_t H = cfg_.n_head, KH = cfg_.n_head_kv, hd = cfg_.head_dim, G = H / KH;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    int64_t max_len = 0;
+    for (int64_t i = 0; i < n; ++i) max_len = std::max<int64_t>(max_len, int64_t(pos[i]) + 1);
+    st_.scores.resize(size_t(n_threads_) * size_t(G * max_len) * 4);
+    const float* q = st_.q.as<float>();
+    float* att = st_.att.as<float>();
+    const KernelTable& k = *k_;
+    const bool f16 = kv_.type == WType::F16;
+    const uint8_t* kbase = kv_.k.as<uint8_t>();
+    const uint8_t* vbase = kv_.v.as<uint8_t>();
+
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) collapse(2)
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t kh = 0; kh < KH; ++kh) {
+            const int64_t L = int64_t(pos[i]) + 1;
+            float* sc = st_.scores.as<float>() + size_t(thread_id()) * size_t(G * max_len);
+            const float* qg = q + i * H * hd + kh * G * hd;  // the G query heads of this KV head
+            for (int64_t j = 0; j < L; ++j) {
+                const void* krow = kbase + kv_.offset(layer, seq[i], kh, j);
+                for (int64_t g = 0; g < G; ++g)
+                    sc[g * L + j] = scale * (f16 ? k.dot_f32_f16(hd, qg + g * hd, static_cast<const uint16_t*>(krow))
+                                                 : k.dot_f32_f32(hd, qg + g * hd, static_cast<const float*>(krow)));
+            }
+            for (int64_t g = 0; g < G; ++g) {  // softmax in f32, max subtracted
+                float* s = sc + g * L;
+                float mx = -std::numeric_limits<float>::infinity();
+                for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[j]);
+                float sum = 0.0f;
+                for (int64_t j = 0; j < L; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+                const float inv = 1.0f / sum;
+                for (int64_t j = 0; j < L; ++j) s[j] *= inv;
+            }
+            float* og = att + i * H * hd + kh * G * hd;
+            std::fill(og, og + G * hd, 0.0f);
+            for (int64_t j = 0; j < L; ++j) {
+                const void* vrow = vbase + kv_.offset(layer, seq[i], kh, j);
+                for (int64_t g = 0; g < G; ++g) {
+                    if (f16) k.axpy_f16(hd, sc[g * L + j], static_cast<const uint16_t*>(vrow), og + g * hd);
+                    else k.axpy_f32(hd, sc[g * L + j], static_cast<const float*>(vrow), og + g * hd);
+                }
+            }
+        }
+    }
+}
+
+void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* seq, int64_t n,
+                     const int32_t* out_rows, int64_t n_out, float* logits) {
+    L32_CHECK(ready_, "the model is not fully loaded");
+    L32_CHECK(n > 0, "forward: empty batch");
+    for (int64_t i = 0; i < n; ++i) {
+        L32_CHECK(tokens[i] >= 0 && tokens[i] < cfg_.n_vocab, "forward: token id " + std::to_string(tokens[i]) +
+                                                                 " out of range [0, " + std::to_string(cfg_.n_vocab) + ")");
+        L32_CHECK(pos[i] >= 0 && pos[i] < kv_.n_ctx, "forward: position " + std::to_string(pos[i]) +
+                                                         " outside the context of " + std::to_string(kv_.n_ctx));
+        L32_CHECK(seq[i] >= 0 && seq[i] < kv_.n_seq, "forward: sequence id " + std::to_string(seq[i]) + " out of range");
+    }
+    for (int64_t i = 0; i < n_out; ++i)
+        L32_CHECK(out_rows[i] >= 0 && out_rows[i] < n, "forward: output row out of range");
+
+    const Config& c = cfg_;
+    const int64_t d = c.n_embd, qd = c.q_dim(), kvd = c.kv_dim(), hd = c.head_dim, F = c.n_ff;
+    const int nt = n_threads_;
+    const KernelTable& k = *k_;
+    st_.x.resize(size_t(n * d) * 4);
+    st_.xb.resize(size_t(n * std::max(d, qd)) * 4);
+    st_.q.resize(size_t(n * qd) * 4);
+    st_.k.resize(size_t(n * kvd) * 4);
+    st_.v.resize(size_t(n * kvd) * 4);
+    st_.att.resize(size_t(n * std::max(d, qd)) * 4);
+    st_.hb.resize(size_t(n * F) * 4);
+    st_.hb2.resize(size_t(n * F) * 4);
+    st_.rope_cs.resize(size_t(n * hd) * 4);
+    float* x = st_.x.as<float>();    // (n, d) residual stream
+    float* xb = st_.xb.as<float>();  // (n, d) normed input of a block
+    float* q = st_.q.as<float>();    // (n, n_head*hd)
+    float* kk = st_.k.as<float>();   // (n, n_head_kv*hd)
+    float* vv = st_.v.as<float>();   // (n, n_head_kv*hd)
+    float* att = st_.att.as<float>();  // (n, n_head*hd) attention output
+    float* hb = st_.hb.as<float>();    // (n, n_ff)
+    float* hb2 = st_.hb2.as<float>();  // (n, n_ff)
+    float* cs = st_.rope_cs.as<float>();  // (n, hd): cos[hd/2] then sin[hd/2]
+
+    // h = E[t]
+    for (int64_t i = 0; i < n; ++i) embed_row(w_.tok_embd, tokens[i], x + i * d);
+    // RoPE angles once per row for all layers: phi = p * w'_i, the product in f32 as Hugging Face computes it
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < hd / 2; ++j) {
+            const float phi = float(pos[i]) * c.rope_inv_freq[size_t(j)];
+            cs[i * hd + j] = float(std::cos(double(phi)));
+            cs[i * hd + hd / 2 + j] = float(std::sin(double(phi)));
+        }
+
+    MatmulInput in;
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+        const Layer& L = w_.layers[size_t(l)];
+        // x = RMSNorm(h; g_attn); q, k, v = Wq x, Wk x, Wv x (x quantized once for all three)
+        rmsnorm(x, L.attn_norm.data(), xb, n, d, c.rms_eps, nt);
+        in.prepare(k, xb, n, d, L.wq.type == WType::Q8_0 || L.wq.type == WType::Q4_0, nt);
+        matmul(k, L.wq, in, q, qd, nt);
+        matmul(k, L.wk, in, kk, kvd, nt);
+        matmul(k, L.wv, in, vv, kvd, nt);
+        // RoPE on q and k; the cache keeps rotated keys
+        rope(q, n, c.n_head, hd, cs, nt);
+        rope(kk, n, c.n_head_kv, hd, cs, nt);
+        for (int64_t i = 0; i < n; ++i)
+            for (int64_t h = 0; h < c.n_head_kv; ++h) {
+                uint8_t* kd = kv_.k.as<uint8_t>() + kv_.offset(l, seq[i], h, pos[i]);
+                uint8_t* vd = kv_.v.as<uint8_t>() + kv_.offset(l, seq[i], h, pos[i]);
+                const float* ks = kk + i * kvd + h * hd;
+                const float* vs = vv + i * kvd + h * hd;
+                if (kv_.type == WType::F16) {
+                    k.f32_to_f16(hd, ks, reinterpret_cast<uint16_t*>(kd));
+                    k.f32_to_f16(hd, vs, reinterpret_cast<uint16_t*>(vd));
+                } else {
+                    std::memcpy(kd, ks, size_t(hd) * 4);
+                    std::memcpy(vd, vs, size_t(hd) * 4);
+                }
+            }
+        // o = softmax(q k^T / sqrt(hd)) v per head, causal; h = h + Wo o
+        attention(l, pos, seq, n);
+        in.prepare(k, att, n, qd, L.wo.type == WType::Q8_0 || L.wo.type == WType::Q4_0, nt);
+        matmul(k, L.wo, in, xb, d, nt);
+        for (int64_t i = 0; i < n * d; ++i) x[i] += xb[i];
+        // h = h + Wdown(silu(Wgate x) * Wup x), x = RMSNorm(h; g_ffn)
+        rmsnorm(x, L.ffn_norm.data(), xb, n, d, c.rms_eps, nt);
+        in.prepare(k, xb, n, d, L.w_gate.type == WType::Q8_0 || L.w_gate.type == WType::Q4_0, nt);
+        matmul(k, L.w_gate, in, hb, F, nt);
+        matmul(k, L.w_up, in, hb2, F, nt);
+        swiglu(hb, hb2, hb, n * F, nt);
+        in.prepare(k, hb, n, F, L.w_down.type == WType::Q8_0 || L.w_down.type == WType::Q4_0, nt);
+        matmul(k, L.w_down, in, xb, d, nt);
+        for (int64_t i = 0; i < n * d; ++i) x[i] += xb[i];
+        if (interrupt_check) interrupt_check();
+    }
+
+    // logits = E_out RMSNorm(h; g_final), for the requested rows only
+    for (int64_t i = 0; i < n_out; ++i) std::memcpy(att + i * d, x + int64_t(out_rows[i]) * d, size_t(d) * 4);
+    rmsnorm(att, w_.output_norm.data(), xb, n_out, d, c.rms_eps, nt);
+    const Matrix& out = cfg_.tie_word_embeddings ? w_.tok_embd : w_.output;
+    in.prepare(k, xb, n_out, d, out.type == WType::Q8_0 || out.type == WType::Q4_0, nt);
+    matmul(k, out, in, logits, c.n_vocab, nt);
+}
+
+}  // namespace l32

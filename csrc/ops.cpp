@@ -1,0 +1,139 @@
+// ops.cpp — operators over the active kernels; owns the OpenMP loops and the cache blocking of matmul.
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace l32 {
+
+void MatmulInput::prepare(const KernelTable& k, const float* x_, int64_t T_, int64_t K_, bool need_quant,
+                          int n_threads) {
+    x = x_;
+    T = T_;
+    K = K_;
+    quantized = need_quant;
+    if (!need_quant) return;
+    const int64_t nb = K / QK;
+    acts.rows = T;
+    acts.cols = K;
+    acts.qs.resize(size_t(T * K));
+    acts.d.resize(size_t(T * nb) * 4);
+    acts.sum.resize(size_t(T * nb) * 4);
+    int8_t* q = acts.qs.as<int8_t>();
+    float* d = acts.d.as<float>();
+    float* s = acts.sum.as<float>();
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) k.quantize_act(K, x + t * K, q + t * K, d + t * nb, s + t * nb);
+}
+
+void matmul(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy, int n_threads) {
+    const int64_t R = w.rows, K = w.cols, T = in.T;
+    const bool quant = w.type == WType::Q8_0 || w.type == WType::Q4_0;
+    ActRows x{};
+    if (quant) {
+        x = ActRows{in.acts.qs.ptr, in.acts.d.as<float>(), in.acts.sum.as<float>(), K, K / QK};
+    } else {
+        x = ActRows{in.x, nullptr, nullptr, K, 0};
+    }
+    const size_t row_bytes = w.row_bytes();
+    const uint8_t* wdata = w.data.as<uint8_t>();
+    const uint16_t* wscales = w.scales.as<uint16_t>();
+    const int64_t nb = K / QK;
+
+    // Cache blocking: a thread takes a block of weight rows small enough to stay in L2 (~128 KiB) and runs
+    // every token tile over it, so each weight byte comes from DRAM once per matmul.
+    const int64_t per_thread = (R + n_threads - 1) / n_threads;
+    const int64_t fit = std::max<int64_t>(4, int64_t((128 << 10) / std::max<size_t>(row_bytes, 1)));
+    const int64_t row_block = T == 1 ? per_thread : std::min(per_thread, fit);
+    const int64_t n_blocks = (R + row_block - 1) / row_block;
+    constexpr int64_t TOKEN_TILE = 64;
+
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+        const int64_t r0 = blk * row_block, r1 = std::min(R, r0 + row_block);
+        for (int64_t t0 = 0; t0 < T; t0 += TOKEN_TILE) {
+            const int64_t t1 = std::min(T, t0 + TOKEN_TILE);
+            for (int64_t r = r0; r < r1; ++r) {
+                const uint8_t* wrow = wdata + size_t(r) * row_bytes;
+                for (int64_t t = t0; t < t1; t += MAX_NT) {
+                    const int nt = int(std::min<int64_t>(MAX_NT, t1 - t));
+                    ActRows xt = x;
+                    xt.q = static_cast<const uint8_t*>(x.q) + t * K * (quant ? 1 : 4);
+                    if (quant) { xt.d = x.d + t * nb; xt.s = x.s + t * nb; }
+                    float* out = y + t * ldy + r;
+                    switch (w.type) {
+                        case WType::F32: k.dot_f32(K, reinterpret_cast<const float*>(wrow), xt, nt, out, ldy); break;
+                        case WType::BF16: k.dot_bf16(K, reinterpret_cast<const uint16_t*>(wrow), xt, nt, out, ldy); break;
+                        case WType::Q8_0: k.dot_q8_0(K, wrow, wscales + r * nb, xt, nt, out, ldy); break;
+                        case WType::Q4_0: k.dot_q4_0(K, wrow, wscales + r * nb, xt, nt, out, ldy); break;
+                        case WType::F16: break;  // never a matmul weight (rejected at load)
+                    }
+                }
+            }
+        }
+    }
+}
+
+void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t n, float eps, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (rows > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * n;
+        float* yr = y + r * n;
+        double ss = 0.0;  // f64 sum: one rounding for the mean square, the same at every thread count
+        for (int64_t i = 0; i < n; ++i) ss += double(xr[i]) * xr[i];
+        const float inv = float(1.0 / std::sqrt(ss / double(n) + double(eps)));
+        for (int64_t i = 0; i < n; ++i) yr[i] = g[i] * (xr[i] * inv);
+    }
+}
+
+void rope(float* x, int64_t T, int64_t n_heads, int64_t hd, const float* cs, int n_threads) {
+    const int64_t half = hd / 2;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
+    for (int64_t t = 0; t < T; ++t) {
+        const float* c = cs + t * hd;
+        const float* s = c + half;
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* v = x + (t * n_heads + h) * hd;
+            for (int64_t i = 0; i < half; ++i) {
+                const float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = b * c[i] + a * s[i];
+            }
+        }
+    }
+}
+
+void swiglu(const float* g, const float* u, float* h, int64_t n, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void embed_row(const Matrix& w, int64_t row, float* out) {
+    const int64_t K = w.cols;
+    const uint8_t* base = w.data.as<uint8_t>() + size_t(row) * w.row_bytes();
+    const uint16_t* sc = w.scales.as<uint16_t>() + row * w.blocks_per_row();
+    switch (w.type) {
+        case WType::F32: std::memcpy(out, base, size_t(K) * 4); break;
+        case WType::BF16:
+        case WType::F16: {
+            const uint16_t* p = reinterpret_cast<const uint16_t*>(base);
+            for (int64_t i = 0; i < K; ++i) out[i] = w.type == WType::BF16 ? bf16_to_f32(p[i]) : f16_to_f32(p[i]);
+            break;
+        }
+        case WType::Q8_0:
+            for (int64_t i = 0; i < K; ++i) out[i] = f16_to_f32(sc[i / QK]) * float(int8_t(base[i] ^ 0x80u));
+            break;
+        case WType::Q4_0:
+            for (int64_t b = 0; b < K / QK; ++b) {
+                const float d = f16_to_f32(sc[b]);
+                for (int j = 0; j < QK / 2; ++j) {
+                    const uint8_t v = base[b * 16 + j];
+                    out[b * QK + j] = d * float(int(v & 0x0f) - 8);
+                    out[b * QK + j + QK / 2] = d * float(int(v >> 4) - 8);
+                }
+            }
+            break;
+    }
+}
+
+}  // namespace l32

@@ -1,0 +1,39 @@
+// ops.h — the operators of the forward pass, threaded with OpenMP over the kernels of one KernelTable.
+// Contract: shapes are validated by the caller (model.cpp) once; ops only compute.
+#pragma once
+
+#include <cstdint>
+
+#include "formats.h"
+#include "kernels.h"
+
+namespace l32 {
+
+// The input of one or more matmuls: float rows, plus their int8 blocks when a quantized weight needs them.
+// Quantizing once and reusing for every matmul that reads the same input (q/k/v, gate/up) saves work.
+struct MatmulInput {
+    const float* x = nullptr;  // [T, K]
+    int64_t T = 0, K = 0;
+    QuantizedActs acts;         // filled by prepare() when quantized weights will read it
+    bool quantized = false;
+
+    void prepare(const KernelTable& k, const float* x, int64_t T, int64_t K, bool need_quant, int n_threads);
+};
+
+// y[t, r] = sum_k W[r, k] * x[t, k]; y has row stride ldy.
+void matmul(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy, int n_threads);
+
+// y = x / sqrt(mean(x^2) + eps) * g, per row of n, in f32.
+void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t n, float eps, int n_threads);
+
+// Rotate every head of x [T, n_heads*hd] in place, half-split layout: pairs (i, i + hd/2);
+// cs holds cos then sin per row: [T, hd] = (cos[hd/2], sin[hd/2]).
+void rope(float* x, int64_t T, int64_t n_heads, int64_t hd, const float* cs, int n_threads);
+
+// h = silu(g) * u, elementwise over n values.
+void swiglu(const float* g, const float* u, float* h, int64_t n, int n_threads);
+
+// One row of embedding table w (any format) as f32.
+void embed_row(const Matrix& w, int64_t row, float* out);
+
+}  // namespace l32

@@ -1,0 +1,82 @@
+"""The package's exception hierarchy (RELIABILITY.md §1).
+
+Every error a user can provoke with bad files, bad parameters or misuse is one of these.
+Tests match on the types, never on the messages.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Root of every exception raised by llama32_native."""
+
+
+class ModelLoadError(Error, ValueError):
+    """Anything wrong with a model file or directory."""
+
+
+class SafetensorsFormatError(ModelLoadError):
+    """A safetensors header, JSON, offset or size violation."""
+
+
+class GGUFFormatError(ModelLoadError):
+    """A malformed or unsupported GGUF file."""
+
+
+class ConfigError(ModelLoadError):
+    """config.json (or GGUF metadata) is inconsistent or out of range."""
+
+
+class MissingTensorError(ModelLoadError):
+    """A tensor the architecture needs is not in the checkpoint."""
+
+
+class UnexpectedTensorError(ModelLoadError):
+    """The checkpoint holds a tensor the architecture does not know."""
+
+
+class TensorShapeError(ModelLoadError):
+    """A tensor's shape disagrees with the config."""
+
+
+class UnsupportedDTypeError(ModelLoadError):
+    """A tensor's dtype cannot be used for this weight."""
+
+
+class NonFiniteWeightsError(ModelLoadError):
+    """NaN or Inf in a weight (only checked with check_tensors=True)."""
+
+
+class ContextLengthError(Error, ValueError):
+    """The prompt (plus the tokens to generate) does not fit in the context."""
+
+    def __init__(self, message: str, n_prompt: int = 0, max_new_tokens: int = 0, n_ctx: int = 0):
+        super().__init__(message)
+        self.n_prompt = n_prompt
+        self.max_new_tokens = max_new_tokens
+        self.n_ctx = n_ctx
+
+
+class NumericalError(Error, FloatingPointError):
+    """The forward pass produced non-finite logits."""
+
+
+class ModelClosedError(Error, RuntimeError):
+    """The model (or session) was used after close()."""
+
+
+__all__ = [
+    "Error",
+    "ModelLoadError",
+    "SafetensorsFormatError",
+    "GGUFFormatError",
+    "ConfigError",
+    "MissingTensorError",
+    "UnexpectedTensorError",
+    "TensorShapeError",
+    "UnsupportedDTypeError",
+    "NonFiniteWeightsError",
+    "ContextLengthError",
+    "NumericalError",
+    "ModelClosedError",
+]
