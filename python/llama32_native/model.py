@@ -274,8 +274,11 @@ class Model:
                         f"tensor {name}: width {t.shape[-1]} is not a multiple of 32, which {target} needs; "
                         f"load with quant='bf16' or 'f32'"
                     )
+                data = np.ascontiguousarray(t.data)
+                if data.ctypes.data % 16:  # safetensors promises no alignment; the core reads typed elements
+                    data = data.copy()
                 try:
-                    self._engine.set_tensor(name, t.kind, np.ascontiguousarray(t.data), list(t.shape), target)
+                    self._engine.set_tensor(name, t.kind, data, list(t.shape), target)
                 except _core.CoreError as e:
                     raise TensorShapeError(str(e)) from None
                 bar.update(int(t.data.nbytes))

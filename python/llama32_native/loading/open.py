@@ -36,6 +36,10 @@ def open_checkpoint(path: str | os.PathLike, check_tensors: bool = False) -> Che
         raise ModelLoadError(f"{p}: no such file or directory")
     if os.path.isdir(p):
         return _open_hf(p, check_tensors)
+    if not os.path.isfile(p):  # a FIFO, device or socket would block or never end: never read one
+        raise ModelLoadError(f"{p}: not a regular file or directory")
+    if p.endswith(".json"):  # model.safetensors.index.json
+        return _open_hf(p, check_tensors)
     if p.endswith(_PICKLE_SUFFIXES):
         raise ModelLoadError(f"{p}: pickle checkpoints are never loaded (they can run code); convert to safetensors")
     with open(p, "rb") as f:

@@ -1,0 +1,119 @@
+"""Every kernel of every ISA the CPU has, against scalar and NumPy float64, on odd sizes (RELIABILITY K1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llama32_native import _core
+from llama32_native.quant import dequantize, quantize_q4_0, quantize_q8_0
+
+SHAPES = [(1, 32, 1), (7, 64, 1), (33, 96, 5), (5, 4128, 3), (65, 160, 9), (3, 2080, 4)]  # (rows, cols, tokens)
+
+
+def nmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a - b) ** 2).sum() / max((b**2).sum(), 1e-30))
+
+
+def _acts_f64(isa: str, x: np.ndarray) -> np.ndarray:
+    """The int8 activation blocks the kernels multiply, dequantized in float64."""
+    out = []
+    for row in x:
+        q, d, _ = _core.kernel_quantize_act(isa, row)
+        out.append(q.reshape(-1, 32).astype(np.float64) * d.astype(np.float64)[:, None])
+    return np.stack([o.reshape(-1) for o in out])
+
+
+@pytest.mark.parametrize("rows,cols,T", SHAPES)
+@pytest.mark.parametrize("wtype", ["f32", "bf16", "q8_0", "q4_0"])
+def test_matmul_against_numpy_f64(isa, wtype, rows, cols, T):
+    rng = np.random.default_rng(rows * 1000 + cols + T)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    for _ in range(3):  # re-execution: the same result every time
+        y = _core.kernel_matmul(isa, "f32", w, rows, cols, wtype, x)
+        if wtype == "f32":
+            ref = x.astype(np.float64) @ w.T.astype(np.float64)
+            assert nmse(y, ref) < 1e-10
+        elif wtype == "bf16":
+            wb = (w.view(np.uint32) + 0x7FFF + ((w.view(np.uint32) >> 16) & 1)) >> 16 << 16  # RNE to bf16
+            ref = x.astype(np.float64) @ wb.view(np.float32).T.astype(np.float64)
+            assert nmse(y, ref) < 1e-10
+        else:
+            blocks = quantize_q8_0(w) if wtype == "q8_0" else quantize_q4_0(w)
+            wq = dequantize(blocks, wtype, cols).astype(np.float64)
+            ref = _acts_f64(isa, x) @ wq.T
+            assert nmse(y, ref) < 1e-9  # exact integer dots; only f32 scale products round
+            # and the quantized product stays near the float one
+            full = x.astype(np.float64) @ w.T.astype(np.float64)
+            assert nmse(y, full) < (1e-3 if wtype == "q8_0" else 2e-2)
+
+
+@pytest.mark.parametrize("rows,cols,T", SHAPES)
+@pytest.mark.parametrize("wtype", ["f32", "bf16", "q8_0", "q4_0"])
+def test_matmul_isa_equals_scalar(isa, wtype, rows, cols, T):
+    rng = np.random.default_rng(7 + rows + cols)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    y = _core.kernel_matmul(isa, "f32", w, rows, cols, wtype, x)
+    ref = _core.kernel_matmul("scalar", "f32", w, rows, cols, wtype, x)
+    assert nmse(y, ref) < 1e-10
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_weight_quantizers_bit_exact_with_numpy(kind):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((9, 96)).astype(np.float32) * rng.uniform(0.01, 10, (9, 1)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block
+    x[1, :32] = np.arange(32, dtype=np.float32) - 16.0  # exact halves under the scale
+    x[2, 5] = -x[2, :32].__abs__().max() * 2  # a negative extreme
+    ref = quantize_q8_0(x) if kind == "q8_0" else quantize_q4_0(x)
+    got = _core.quantize(kind, x)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_plain_blocks_survive_the_engine_layout(kind):
+    """Blocks loaded as-is (GGUF Q8_0/Q4_0) multiply exactly like the engine's own quantization."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((20, 128)).astype(np.float32)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    blocks = quantize_q8_0(w) if kind == "q8_0" else quantize_q4_0(w)
+    a = _core.kernel_matmul("scalar", kind, blocks, 20, 128, kind, x)
+    b = _core.kernel_matmul("scalar", "f32", w, 20, 128, kind, x)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [32, 64, 96, 4096, 4128])
+def test_activation_quantizer_bit_exact_across_isas(isa, n):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * rng.uniform(0.001, 100)).astype(np.float32)
+    x[:32] = 0.0
+    q, d, s = _core.kernel_quantize_act(isa, x)
+    q0, d0, s0 = _core.kernel_quantize_act("scalar", x)
+    np.testing.assert_array_equal(q, q0)
+    np.testing.assert_array_equal(d, d0)
+    np.testing.assert_array_equal(s, s0)
+    # and it is the q8_0 rule, with f32 scales
+    blocks = x.reshape(-1, 32)
+    dref = (np.abs(blocks).max(axis=1) / np.float32(127)).astype(np.float32)
+    np.testing.assert_array_equal(d, dref)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 63, 64, 65, 128, 4097])
+def test_attention_helpers(isa, n):
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    d32, d16, bh, y32, y16 = _core.kernel_attention_ops(isa, a, b, 0.75)
+    np.testing.assert_array_equal(bh, b.astype(np.float16).view(np.uint16))  # RNE f16 conversion
+    b16 = b.astype(np.float16).astype(np.float64)
+    assert abs(d32 - float(a.astype(np.float64) @ b)) < 1e-4 * max(1.0, np.sqrt(n))
+    assert abs(d16 - float(a.astype(np.float64) @ b16)) < 1e-4 * max(1.0, np.sqrt(n))
+    np.testing.assert_allclose(y32, a + np.float32(0.75) * b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y16, a + 0.75 * b16, rtol=1e-6, atol=1e-6)
+
+
+def test_forcing_an_unknown_isa_is_an_error():
+    with pytest.raises(ValueError, match="unknown ISA"):
+        _core.kernel_quantize_act("sse9", np.zeros(32, np.float32))
