@@ -1,6 +1,9 @@
 // bindings.cpp — pybind11 module `llama32_native._core`: argument conversion and GIL release only.
 // Contract: no model logic here. l32::Error becomes _core.CoreError (a ValueError); Ctrl-C during a forward
 // surfaces as KeyboardInterrupt through the interrupt check between layers.
+#include <algorithm>
+#include <chrono>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -211,6 +214,30 @@ PYBIND11_MODULE(_core, m) {
               return y;
           },
           py::arg("isa"), py::arg("src"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("target"), py::arg("x"));
+    m.def("bench_matmul",
+          [](const std::string& isa, const std::string& wtype, int64_t rows, int64_t cols, int64_t T, int iters,
+             int n_threads) {
+              // The kernel lab's timer: seconds per matmul (median of iters) on random data, GIL released.
+              const KernelTable& k = kernel_table(isa);
+              std::vector<float> w(size_t(rows * cols)), x(size_t(T * cols)), y(size_t(T * rows));
+              uint32_t state = 12345;
+              for (auto* v : {&w, &x})
+                  for (float& f : *v) { state = state * 1664525u + 1013904223u; f = float(int32_t(state >> 8) % 2001) / 1000.0f; }
+              Matrix mat;
+              convert_matrix(mat, rows, cols, WType::F32, w.data(), wtype_from_name(wtype), n_threads);
+              const bool quant = mat.type == WType::Q8_0 || mat.type == WType::Q4_0;
+              std::vector<double> times;
+              py::gil_scoped_release nogil;
+              MatmulInput in;
+              for (int it = 0; it < iters; ++it) {
+                  const auto t0 = std::chrono::steady_clock::now();
+                  in.prepare(k, x.data(), T, cols, quant, n_threads);
+                  matmul(k, mat, in, y.data(), rows, n_threads);
+                  times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+              }
+              std::sort(times.begin(), times.end());
+              return times[times.size() / 2];
+          });
     m.def("kernel_quantize_act", [](const std::string& isa, const f32_array& x) {
         const KernelTable& k = kernel_table(isa);
         const int64_t n = x.size();

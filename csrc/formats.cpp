@@ -86,49 +86,47 @@ void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n) {
     }
 }
 
-static void alloc_split(Matrix& m) {
-    L32_CHECK(m.cols % QK == 0, "quantized matrix width must be a multiple of 32");
-    m.data.resize(m.row_bytes() * size_t(m.rows));
-    m.scales.resize(size_t(m.rows) * size_t(m.blocks_per_row()) * 2);
-}
-
-void pack_q8_0_rows(const block_q8_0* src, Matrix& m) {
-    alloc_split(m);
-    const int64_t nb = m.rows * m.blocks_per_row();
-    uint8_t* q = m.data.as<uint8_t>();
-    uint16_t* d = m.scales.as<uint16_t>();
+void pack_q8_0_row(const block_q8_0* src, int64_t nb, uint8_t* codes, uint16_t* scales) {
     for (int64_t b = 0; b < nb; ++b) {
-        d[b] = src[b].d;
-        for (int j = 0; j < QK; ++j) q[b * QK + j] = uint8_t(src[b].qs[j]) ^ 0x80u;  // q + 128
+        scales[b] = src[b].d;
+        for (int j = 0; j < QK; ++j) codes[b * QK + j] = uint8_t(src[b].qs[j]) ^ 0x80u;  // q + 128
     }
 }
 
-void pack_q4_0_rows(const block_q4_0* src, Matrix& m) {
-    alloc_split(m);
-    const int64_t nb = m.rows * m.blocks_per_row();
-    uint8_t* q = m.data.as<uint8_t>();
-    uint16_t* d = m.scales.as<uint16_t>();
-    for (int64_t b = 0; b < nb; ++b) {
-        d[b] = src[b].d;
-        std::memcpy(q + b * (QK / 2), src[b].qs, QK / 2);
+void pack_q4_0_row(const block_q4_0* src, int64_t nb, uint8_t* codes, uint16_t* scales) {
+    for (int64_t b = 0; b < nb; ++b) scales[b] = src[b].d;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        uint8_t* out = codes + b * 16;
+        for (int j = 0; j < 16; ++j) {
+            const uint8_t e = src[b].qs[j], o = src[b + 1].qs[j];
+            out[j] = uint8_t((e & 0x0f) | (o << 4));                // elements j of both blocks
+            out[j + 16] = uint8_t((e >> 4) | (o & 0xf0));           // elements j+16 of both blocks
+        }
     }
+    if (b < nb) std::memcpy(codes + b * 16, src[b].qs, 16);
 }
 
 void unpack_rows(const Matrix& m, void* dst_blocks) {
-    const int64_t nb = m.rows * m.blocks_per_row();
+    const int64_t nb = m.blocks_per_row();
     const uint8_t* q = m.data.as<uint8_t>();
     const uint16_t* d = m.scales.as<uint16_t>();
     if (m.type == WType::Q8_0) {
         auto* dst = static_cast<block_q8_0*>(dst_blocks);
-        for (int64_t b = 0; b < nb; ++b) {
+        for (int64_t b = 0; b < m.rows * nb; ++b) {
             dst[b].d = d[b];
             for (int j = 0; j < QK; ++j) dst[b].qs[j] = int8_t(q[b * QK + j] ^ 0x80u);
         }
     } else if (m.type == WType::Q4_0) {
         auto* dst = static_cast<block_q4_0*>(dst_blocks);
-        for (int64_t b = 0; b < nb; ++b) {
-            dst[b].d = d[b];
-            std::memcpy(dst[b].qs, q + b * (QK / 2), QK / 2);
+        for (int64_t r = 0; r < m.rows; ++r) {
+            const uint8_t* row = q + r * nb * 16;
+            for (int64_t b = 0; b < nb; ++b) {
+                block_q4_0& o = dst[r * nb + b];
+                o.d = d[r * nb + b];
+                for (int j = 0; j < 16; ++j)
+                    o.qs[j] = uint8_t(q4_code(row, nb, b, j) | (q4_code(row, nb, b, j + 16) << 4));
+            }
         }
     } else {
         throw Error("unpack_rows: not a quantized matrix");

@@ -36,8 +36,10 @@ WType wtype_from_name(const std::string& name);  // throws Error on an unknown n
 //  BF16: data = uint16[rows*cols]
 //  Q8_0: data = uint8[rows*cols] holding (q + 128): unsigned so that VNNI's u8*s8 dot applies directly;
 //        scales = f16[rows*cols/32]
-//  Q4_0: data = uint8[rows*cols/2], each row the 16-byte nibble groups of its blocks in order;
-//        scales = f16[rows*cols/32]
+//  Q4_0: data = uint8[rows*cols/2], scales = f16[rows*cols/32]. Blocks go in pairs: byte j (0..31) of a
+//        pair holds element j of block 2p in its low nibble and element j of block 2p+1 in its high nibble,
+//        so one 32-byte load, a shift and a mask give both blocks' codes in element order. A trailing odd
+//        block keeps ggml's order (byte j: element j low, element j+16 high).
 struct Matrix {
     WType type = WType::F32;
     int64_t rows = 0, cols = 0;
@@ -65,9 +67,19 @@ void quantize_row_q4_0_ref(const float* x, block_q4_0* y, int64_t n);
 void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t n);
 void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n);
 
-// Plain ggml blocks <-> the split in-memory layout (lossless; whole rows).
-void pack_q8_0_rows(const block_q8_0* src, Matrix& m);
-void pack_q4_0_rows(const block_q4_0* src, Matrix& m);
+// One row of plain ggml blocks <-> the in-memory layout (lossless).
+void pack_q8_0_row(const block_q8_0* src, int64_t nb, uint8_t* codes, uint16_t* scales);
+void pack_q4_0_row(const block_q4_0* src, int64_t nb, uint8_t* codes, uint16_t* scales);
 void unpack_rows(const Matrix& m, void* dst_blocks);  // Q8_0 -> block_q8_0[], Q4_0 -> block_q4_0[]
+
+// Code (0..15) of element j of block b in a packed q4_0 row of nb blocks.
+static inline int q4_code(const uint8_t* row, int64_t nb, int64_t b, int j) {
+    if ((b & 1) == 0 && b + 1 == nb) {  // trailing odd block: ggml order
+        const uint8_t v = row[b * 16 + (j & 15)];
+        return j < 16 ? (v & 0x0f) : (v >> 4);
+    }
+    const uint8_t v = row[(b & ~int64_t(1)) * 16 + j];
+    return (b & 1) ? (v >> 4) : (v & 0x0f);
+}
 
 }  // namespace l32

@@ -162,18 +162,8 @@ void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void
                     for (int64_t i = 0; i < cols; ++i) o[i] = f32_to_bf16(tmp[size_t(i)]);
                     break;
                 }
-                case WType::Q8_0:  // split layout, codes stored as q + 128
-                    for (int64_t b = 0; b < nb; ++b) {
-                        dsc[r * nb + b] = in8[b].d;
-                        for (int j = 0; j < QK; ++j) out[b * QK + j] = uint8_t(in8[b].qs[j]) ^ 0x80u;
-                    }
-                    break;
-                case WType::Q4_0:
-                    for (int64_t b = 0; b < nb; ++b) {
-                        dsc[r * nb + b] = in4[b].d;
-                        std::memcpy(out + b * 16, in4[b].qs, 16);
-                    }
-                    break;
+                case WType::Q8_0: pack_q8_0_row(in8, nb, out, dsc + r * nb); break;
+                case WType::Q4_0: pack_q4_0_row(in4, nb, out, dsc + r * nb); break;
                 case WType::F16: break;
             }
         }

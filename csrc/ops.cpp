@@ -124,14 +124,8 @@ void embed_row(const Matrix& w, int64_t row, float* out) {
             for (int64_t i = 0; i < K; ++i) out[i] = f16_to_f32(sc[i / QK]) * float(int8_t(base[i] ^ 0x80u));
             break;
         case WType::Q4_0:
-            for (int64_t b = 0; b < K / QK; ++b) {
-                const float d = f16_to_f32(sc[b]);
-                for (int j = 0; j < QK / 2; ++j) {
-                    const uint8_t v = base[b * 16 + j];
-                    out[b * QK + j] = d * float(int(v & 0x0f) - 8);
-                    out[b * QK + j + QK / 2] = d * float(int(v >> 4) - 8);
-                }
-            }
+            for (int64_t i = 0; i < K; ++i)
+                out[i] = f16_to_f32(sc[i / QK]) * float(q4_code(base, K / QK, i / QK, int(i % QK)) - 8);
             break;
     }
 }

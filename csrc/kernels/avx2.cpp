@@ -76,28 +76,38 @@ static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Ac
     for (int t = 0; t < NT; ++t) out[t * os] = hsum8(acc[t]);
 }
 
-// q4_0: byte j of a block holds element j (low nibble) and j+16 (high nibble); [low | high] lines up with
-// the 32 activations in order. Nibbles are 0..15 (q+8), so maddubs cannot saturate; the +8 is removed
-// through the activation block sums.
+// q4_0: in a pair of blocks, byte j holds element j of block b (low nibble) and of block b+1 (high nibble);
+// a trailing odd block keeps ggml's order (byte j: element j low, j+16 high). Codes are 0..15 (q+8), so
+// maddubs cannot saturate; the +8 is removed through the activation block sums.
+template <int NT>
+static inline void q4_block(const __m256i codes, int64_t b, float dw, const ActRows& x, __m256* acc, float* corr) {
+    for (int t = 0; t < NT; ++t) {
+        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
+        const __m256i dp = madd_ones(_mm256_maddubs_epi16(codes, xv));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_set1_ps(dw * x.d[t * x.b_stride + b]), acc[t]);
+        corr[t] += dw * x.s[t * x.b_stride + b];
+    }
+}
+
 template <int NT>
 static void dot_q4_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
     const int64_t nb = n / 32;
-    const __m128i low4 = _mm_set1_epi8(0x0f);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[NT];
     float corr[NT];
     for (int t = 0; t < NT; ++t) { acc[t] = _mm256_setzero_ps(); corr[t] = 0.0f; }
-    for (int64_t b = 0; b < nb; ++b) {
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 16));
+        q4_block<NT>(_mm256_and_si256(v, low4), b, _cvtsh_ss(wd[b]), x, acc, corr);
+        q4_block<NT>(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), b + 1, _cvtsh_ss(wd[b + 1]), x, acc, corr);
+    }
+    if (b < nb) {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + b * 16));
-        const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low4), _mm_and_si128(raw, low4));
-        const float dw = _cvtsh_ss(wd[b]);
-        for (int t = 0; t < NT; ++t) {
-            const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
-            const __m256i dp = madd_ones(_mm256_maddubs_epi16(codes, xv));
-            const __m256 sc = _mm256_set1_ps(dw * x.d[t * x.b_stride + b]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), sc, acc[t]);
-            corr[t] += dw * x.s[t * x.b_stride + b];
-        }
+        const __m128i m4 = _mm_set1_epi8(0x0f);
+        const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+        q4_block<NT>(codes, b, _cvtsh_ss(wd[b]), x, acc, corr);
     }
     for (int t = 0; t < NT; ++t) out[t * os] = hsum8(acc[t]) - 8.0f * corr[t];
 }

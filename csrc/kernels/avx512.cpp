@@ -57,8 +57,6 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
     }
     const __m512i pair_idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i two = _mm512_set1_epi32(2);
-    const __m512i dup_idx = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);   // [b, b, b+1, b+1] 16-byte groups
-    const __m512i nib_shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);  // low nibbles, then high
     const __m512i low4 = _mm512_set1_epi8(0x0f);
 
     for (int64_t b0 = 0; b0 < nb; b0 += 16) {
@@ -76,10 +74,15 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
             const bool two_blocks = j + 1 < nblk;
             const __mmask64 m64 = two_blocks ? ~__mmask64(0) : __mmask64(0xffffffffu);
             __m512i codes;
-            if (Q4) {
-                const __mmask32 m32 = two_blocks ? ~__mmask32(0) : __mmask32(0xffffu);
-                const __m512i raw = _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(m32, wq + b * 16));
-                codes = _mm512_and_si512(_mm512_srlv_epi64(_mm512_permutexvar_epi64(dup_idx, raw), nib_shift), low4);
+            if (Q4 && two_blocks) {
+                // a pair's 32 bytes hold block b in the low nibbles and block b+1 in the high ones:
+                // broadcast to both halves, shift the upper half by 4, mask -> both blocks in element order
+                const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 16)));
+                codes = _mm512_and_si512(_mm512_mask_srli_epi16(v, __mmask32(0xffff0000u), v, 4), low4);
+            } else if (Q4) {  // trailing odd block, ggml order: byte j = element j (low), j+16 (high)
+                const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + b * 16));
+                const __m128i m4 = _mm_set1_epi8(0x0f);
+                codes = _mm512_zextsi256_si512(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r, 4), m4), _mm_and_si128(r, m4)));
             } else {
                 codes = _mm512_maskz_loadu_epi8(m64, wq + b * 32);
             }

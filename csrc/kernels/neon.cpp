@@ -50,13 +50,24 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
     const int64_t nb = n / 32;
     float32x4_t acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = vdupq_n_f32(0.0f);
+    const int8x16_t eight = vdupq_n_s8(8);
+    const uint8x16_t low4 = vdupq_n_u8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
-        int8x16_t w0, w1;
-        if (Q4) {
+        int8x16_t w0, w1;  // the block's elements 0..15 and 16..31 as signed values
+        if (Q4 && (b & 1) == 0 && b + 1 == nb) {  // trailing odd block, ggml order
             const uint8x16_t raw = vld1q_u8(wq + b * 16);
-            const int8x16_t eight = vdupq_n_s8(8);
-            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0f))), eight);
+            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low4)), eight);
             w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
+        } else if (Q4) {  // pair layout: block 2p in the low nibbles, 2p+1 in the high ones
+            const uint8_t* p = wq + (b & ~int64_t(1)) * 16;
+            const uint8x16_t v0 = vld1q_u8(p), v1 = vld1q_u8(p + 16);
+            if (b & 1) {
+                w0 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), eight);
+                w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), eight);
+            } else {
+                w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v0, low4)), eight);
+                w1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v1, low4)), eight);
+            }
         } else {
             const uint8x16_t flip = vdupq_n_u8(0x80);
             w0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wq + b * 32), flip));

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "../common.h"
+#include "../formats.h"
 #include "../kernels.h"
 
 namespace l32 {
@@ -55,10 +56,7 @@ static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; ++b) {
             int32_t isum = 0;
-            for (int j = 0; j < 16; ++j) {
-                const uint8_t byte = wq[b * 16 + j];
-                isum += int32_t(byte & 0x0f) * xq[b * 32 + j] + int32_t(byte >> 4) * xq[b * 32 + j + 16];
-            }
+            for (int j = 0; j < 32; ++j) isum += q4_code(wq, nb, b, j) * xq[b * 32 + j];
             acc += f16_to_f32(wd[b]) * (xd[b] * float(isum) - 8.0f * xs[b]);
         }
         out[t * os] = acc;
