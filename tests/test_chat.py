@@ -7,7 +7,6 @@ import re
 
 import pytest
 from conftest_tokenizer import chatml_tokenizer, llama3_tokenizer
-
 from llama32_native.chat import (
     SMOLLM2_DEFAULT_SYSTEM,
     ChatMLFormat,
@@ -80,7 +79,7 @@ def test_reference_prompt_45_ids(fmt: Llama3ChatFormat) -> None:
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 @pytest.mark.parametrize("gen", [True, False])
-def test_matches_template_text_rendering(tok: Tokenizer, fmt: Llama3ChatFormat, messages, gen) -> None:  # noqa: ANN001
+def test_matches_template_text_rendering(tok: Tokenizer, fmt: Llama3ChatFormat, messages, gen) -> None:
     text = render_llama32_text(messages, "05 Mar 2025", gen)
     expected = tok.encode(text, bos=False, allow_special=True)
     assert fmt.encode(messages, add_generation_prompt=gen, date_string="05 Mar 2025") == expected
@@ -144,7 +143,7 @@ def test_tool_role_header_and_stop_tokens(tok: Tokenizer, fmt: Llama3ChatFormat)
         ([{"role": "user", "content": "ok"}, {"role": "user", "content": b"x"}], TypeError),
     ],
 )
-def test_validate_messages_rejects(messages, exc) -> None:  # noqa: ANN001
+def test_validate_messages_rejects(messages, exc) -> None:
     with pytest.raises(exc, match=r"messages"):
         validate_messages(messages)
 
@@ -167,7 +166,7 @@ def test_lone_surrogate_in_content(fmt: Llama3ChatFormat) -> None:
 def test_chatml_structure() -> None:
     tok = chatml_tokenizer()
     fmt = ChatMLFormat(tok)
-    enc = lambda s: tok.encode(s, bos=False)  # noqa: E731
+    enc = lambda s: tok.encode(s, bos=False)
     messages = [{"role": "user", "content": " hello "}, {"role": "assistant", "content": "world"}]
     ids = fmt.encode(messages)
     expected = [1, *enc("user\n hello "), 2, *enc("\n"), 1, *enc("assistant\nworld"), 2, *enc("\n")]

@@ -18,7 +18,6 @@ from conftest_tokenizer import (
     llama3_tokenizer_model_path,
     small_vocab,
 )
-
 from llama32_native import tokenizer as tokmod
 from llama32_native.errors import ModelLoadError
 from llama32_native.tokenizer import (
@@ -283,8 +282,15 @@ def _write_tokenizer_json(model_path: Path, out: Path, ignore_merges: bool) -> N
         b64, rank = line.split()
         vocab[byte_level_from_bytes(base64.b64decode(b64))] = int(rank)
     added = [
-        {"id": i, "content": n, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": n,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for n, i in _hf_special_names().items()
     ]
     added.append({"id": 128256, "content": "<|image|>", "special": True})  # vision-only, out of range
@@ -301,7 +307,10 @@ def _write_tokenizer_json(model_path: Path, out: Path, ignore_merges: bool) -> N
         },
         "post_processor": {
             "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "single": [
+                {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
         },
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "ignore_merges": ignore_merges, "vocab": vocab, "merges": []},
@@ -371,7 +380,7 @@ def test_from_dir_prefers_tokenizer_json(hf_dir: Path, tmp_path: Path) -> None:
         lambda d: d.update(added_tokens="nope"),
     ],
 )
-def test_tokenizer_json_malformed(tmp_path: Path, mutate) -> None:  # noqa: ANN001
+def test_tokenizer_json_malformed(tmp_path: Path, mutate) -> None:
     vocab = {byte_level_from_bytes(bytes([b])): b for b in range(256)}
     doc = {
         "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": True}],

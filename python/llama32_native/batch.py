@@ -67,7 +67,7 @@ def generate_batch(model: Any, prompts: Sequence[Any], **sampling: Any) -> list[
             for i in idx:  # each sequence its own stream of random numbers, reproducible from one seed
                 p = params if params.seed is None else dataclasses.replace(params, seed=(params.seed + i) % (1 << 64))
                 samplers.append(Sampler(p, model.config.n_vocab))
-            streams = [TextStream(tokenizer, list(params.stop or ())) for _ in idx]
+            streams = [TextStream(tokenizer, params.stop_strings) for _ in idx]
             history = [list(ids_list[i]) for i in idx]
             generated: list[list[int]] = [[] for _ in idx]
             active = list(range(len(idx)))

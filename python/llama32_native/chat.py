@@ -13,10 +13,10 @@ from typing import Any, Protocol
 from .tokenizer import Tokenizer
 
 __all__ = [
+    "SMOLLM2_DEFAULT_SYSTEM",
     "ChatFormat",
     "ChatMLFormat",
     "Llama3ChatFormat",
-    "SMOLLM2_DEFAULT_SYSTEM",
     "chat_format_for",
     "validate_messages",
 ]

@@ -474,7 +474,7 @@ class Model:
     def _text_chunks(self, tokens: Iterator[int], params: Any) -> Iterator[str]:
         from .streaming import TextStream
 
-        ts = TextStream(self._require_tokenizer(), list(params.stop or ()))
+        ts = TextStream(self._require_tokenizer(), params.stop_strings)
         for tok in tokens:
             piece = ts.push(tok)
             if piece:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import NumericalError
 
-__all__ = ["SamplingParams", "Sampler", "normalize_stop"]
+__all__ = ["Sampler", "SamplingParams", "normalize_stop"]
 
 MAX_NEW_TOKENS = 1 << 20
 MAX_TEMPERATURE = 100.0
@@ -209,7 +209,7 @@ class Sampler:
                     ids, w = ids[kept], w[kept]
         elif p.top_p < 1.0:
             w = self._weights(x, m, inv_t)
-            kept = self._nucleus(w, p.top_p * float(w.sum()))
+            kept = self._nucleus(w, p.top_p * float(w.sum(dtype=np.float64)))
             if kept is not None:
                 ids, w = kept, w[kept]
         elif p.min_p > 0.0 and np.count_nonzero(x >= self._min_p_logit(m)) <= _SORT_LIMIT:
@@ -280,7 +280,8 @@ class Sampler:
                 hi, n_hi = mid, int(np.count_nonzero(mask))
         keep = w >= np.float32(hi)  # their mass is <= target: all kept
         band = np.flatnonzero((w >= np.float32(lo)) & ~keep)
-        keep[self._nucleus_sorted(band, w[band], _masked_sum(w, keep), target)] = True
+        base = float(w.sum(where=keep, dtype=np.float64))
+        keep[self._nucleus_sorted(band, w[band], base, target)] = True
         np.multiply(w, keep, out=w)
         return None
 

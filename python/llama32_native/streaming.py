@@ -2,7 +2,8 @@
 
 Contract: the concatenation of every ``push`` result and ``finish()`` equals the decoded text
 of the pushed tokens (specials skipped unless ``skip_special=False``) cut right before the
-first stop string; each chunk is valid text (incomplete UTF-8 sequences are held back).
+first stop string to complete; each chunk is valid text (incomplete UTF-8 sequences are held
+back).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class TextStream:
 
     ``push(id)`` returns the text that can be emitted now: it holds back the bytes of an
     unfinished UTF-8 character and the tail of the text that could be the start of a stop
-    string. Once a stop string is seen, ``stopped`` is True, the emitted text ends right before
-    it and further pushes return "". ``finish()`` flushes what is held (an unfinished
+    string. Once a stop string is complete, ``stopped`` is True, the emitted text ends right
+    before it and further pushes return "" (the caller stops generating). The first stop string
+    to complete wins; when two complete at the same character, the longer one. ``finish()`` flushes what is held (an unfinished
     character becomes U+FFFD).
     """
 
@@ -84,13 +86,18 @@ class TextStream:
         return chunk
 
     def _first_stop(self, text: str) -> int:
-        """Index of the earliest stop string in text, or -1."""
-        best = -1
+        """Start of the stop string that completes first in text (at equal ends, the longer
+        one), or -1. Scanning by end position keeps the result independent of how the text
+        was split into tokens."""
+        best_end, best_start = -1, -1
         for stop in self._stops:
             i = text.find(stop)
-            if i >= 0 and (best < 0 or i < best):
-                best = i
-        return best
+            if i < 0:
+                continue
+            end = i + len(stop)
+            if best_end < 0 or end < best_end or (end == best_end and i < best_start):
+                best_end, best_start = end, i
+        return best_start
 
     def _held_tail(self, text: str) -> int:
         """Length of the longest suffix of text that is a proper prefix of a stop string."""

@@ -22,9 +22,9 @@ from .errors import ModelLoadError
 
 __all__ = [
     "GPT2_PATTERN",
-    "LLAMA3_PATTERN",
     "LLAMA3_N_BASE",
     "LLAMA3_N_VOCAB",
+    "LLAMA3_PATTERN",
     "SMOLLM_PATTERN",
     "Tokenizer",
     "byte_level_from_bytes",
@@ -76,8 +76,7 @@ _ISSPACE_CHARS = (
 _WS_CLASS = "".join(f"\\U{ord(c):08x}" for c in _ISSPACE_CHARS)
 # A maximal run (anchored by the look-behind, so each run is scanned once) longer than the limit.
 _LONG_RUN_RE = re.compile(
-    f"(?<![{_WS_CLASS}])[{_WS_CLASS}]{{{MAX_RUN_CHARS + 1},}}"
-    f"|(?<![^{_WS_CLASS}])[^{_WS_CLASS}]{{{MAX_RUN_CHARS + 1},}}"
+    f"(?<![{_WS_CLASS}])[{_WS_CLASS}]{{{MAX_RUN_CHARS + 1},}}|(?<![^{_WS_CLASS}])[^{_WS_CLASS}]{{{MAX_RUN_CHARS + 1},}}"
 )
 
 
@@ -88,9 +87,7 @@ _LONG_RUN_RE = re.compile(
 def _byte_level_alphabet() -> list[str]:
     """Code point used for each byte value 0..255 in byte-level BPE vocabularies."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     table = [""] * 256
     extra = 0
@@ -108,8 +105,7 @@ _BYTES_TO_LEVEL = str.maketrans({chr(b): c for b, c in enumerate(_BYTE_TO_CHAR)}
 # Map every valid byte-level char to the latin-1 char of its byte; invalid chars below U+0144
 # go to a code point latin-1 cannot encode, so a stray char fails loudly.
 _LEVEL_TO_BYTES = str.maketrans(
-    {cp: "\U00010000" for cp in range(0x144)}
-    | {ord(c): chr(b) for b, c in enumerate(_BYTE_TO_CHAR)}
+    {cp: "\U00010000" for cp in range(0x144)} | {ord(c): chr(b) for b, c in enumerate(_BYTE_TO_CHAR)}
 )
 
 
@@ -202,9 +198,7 @@ def _parse_tiktoken_ranks(data: bytes, path: Path) -> dict[bytes, int]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ModelLoadError(
-                f"tokenizer file {path}, line {lineno}: expected '<base64> <rank>', got {line[:80]!r}"
-            )
+            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: expected '<base64> <rank>', got {line[:80]!r}")
         token_b64, rank_text = parts
         try:
             token = base64.b64decode(token_b64, validate=True)
@@ -247,9 +241,7 @@ def _pattern_from_pre_tokenizer(pre: Any, path: Path) -> str:
         kinds = [s.get("type") for s in steps]
         if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
             return _pattern_from_pre_tokenizer(steps[0], path)
-        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get(
-            "use_regex", True
-        ):
+        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
             _check_no_prefix_space(steps[1], path)
             return SMOLLM_PATTERN
         if len(steps) == 1:
@@ -316,7 +308,9 @@ class Tokenizer:
         self._special_id_set = frozenset(self._special_ids.values())
         table: list[bytes] = [b""] * self._n_vocab
         for token, rank in mergeable_ranks.items():
-            table[rank] = token
+            if rank < self._n_vocab:  # ranks past the vocabulary: bytes it has no token for (see _build)
+                table[rank] = token
+        self._has_unseen_bytes = max(mergeable_ranks.values()) >= self._n_vocab
         for tid, token in (aliases or {}).items():
             table[tid] = token
         for text, tid in self._special_ids.items():
@@ -443,9 +437,7 @@ class Tokenizer:
             raise ModelLoadError(f"tokenizer {name}: no base tokens")
         if n_vocab is None:
             n_vocab = max([len(token_bytes)] + [i + 1 for i in special_id_set])
-        return cls._build(
-            ranks, special_tokens, pattern, n_vocab, bos_id, eos_id, stop_ids, add_bos, name, aliases
-        )
+        return cls._build(ranks, special_tokens, pattern, n_vocab, bos_id, eos_id, stop_ids, add_bos, name, aliases)
 
     @classmethod
     def _build(
@@ -466,10 +458,14 @@ class Tokenizer:
             raise ModelLoadError(f"tokenizer {name}: n_vocab={n_vocab!r} out of range")
         if max(ranks.values()) >= n_vocab:
             raise ModelLoadError(f"tokenizer {name}: base token id {max(ranks.values())} >= n_vocab {n_vocab}")
+        # tiktoken needs every single byte. Vocabularies that lack some (SmolLM2 has no token for a few
+        # control bytes) get them at ids past the vocabulary; encode() drops those, as the model cannot see them.
         missing = [b for b in range(256) if bytes([b]) not in ranks]
-        if missing:
-            raise ModelLoadError(f"tokenizer {name}: single-byte tokens missing (e.g. byte {missing[0]})")
         rank_ids = set(ranks.values())
+        if missing:
+            ranks = dict(ranks)
+            for k, b in enumerate(missing):
+                ranks[bytes([b])] = n_vocab + k
         for text, tid in specials.items():
             if not isinstance(text, str) or not text:
                 raise ModelLoadError(f"tokenizer {name}: special token {tid} has an empty or non-string name")
@@ -513,7 +509,9 @@ class Tokenizer:
         return specials
 
     @staticmethod
-    def _json_ranks(vocab: Mapping[Any, Any], special_ids: set[int], path: Path, n_vocab: int | None) -> dict[bytes, int]:
+    def _json_ranks(
+        vocab: Mapping[Any, Any], special_ids: set[int], path: Path, n_vocab: int | None
+    ) -> dict[bytes, int]:
         ranks: dict[bytes, int] = {}
         for key, tid in vocab.items():
             if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0:
@@ -614,6 +612,8 @@ class Tokenizer:
                 ids += self._enc.encode(piece, allowed_special=self._all_special, disallowed_special=())
             else:
                 ids += self._enc.encode_ordinary(piece)
+        if self._has_unseen_bytes:
+            ids = [i for i in ids if i < self._n_vocab]
         if eos and self._eos_id is not None:
             ids.append(self._eos_id)
         return ids
