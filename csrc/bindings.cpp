@@ -238,6 +238,28 @@ PYBIND11_MODULE(_core, m) {
               std::sort(times.begin(), times.end());
               return times[times.size() / 2];
           });
+    m.def("bench_bandwidth",
+          [](int64_t mib, int n_threads, int iters) {
+              // Read bandwidth in bytes/s (median of iters): every thread sums its share of one large buffer.
+              const int64_t n = mib * (int64_t(1) << 20) / 8;
+              AlignedBuffer buf(size_t(n) * 8);
+              int64_t* p = buf.as<int64_t>();
+              py::gil_scoped_release nogil;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+              for (int64_t i = 0; i < n; ++i) p[i] = i;
+              std::vector<double> times;
+              volatile int64_t sink = 0;
+              for (int it = 0; it < iters; ++it) {
+                  const auto t0 = std::chrono::steady_clock::now();
+                  int64_t total = 0;
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : total)
+                  for (int64_t i = 0; i < n; ++i) total += p[i];
+                  times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                  sink = sink + total;
+              }
+              std::sort(times.begin(), times.end());
+              return double(n) * 8.0 / times[times.size() / 2];
+          });
     m.def("kernel_quantize_act", [](const std::string& isa, const f32_array& x) {
         const KernelTable& k = kernel_table(isa);
         const int64_t n = x.size();

@@ -1,0 +1,186 @@
+"""The CPU benchmark: synthetic Llama 3.2 1B/3B weights (Model.random), decode/prefill/TTFT/load/RSS per config.
+
+Every figure is a median of several runs, printed next to the machine's roofline (measured read bandwidth divided
+by the bytes a decode step reads). Peers (llama.cpp via llama-cpp-python, PyTorch) are measured in the same run by
+`bench/peers.py` when asked (--peers). Each configuration runs in a fresh subprocess so load time and peak RSS
+are its own. Usage: `llama32-native bench --arch 1b 3b --quant q4_0 q8_0 --threads 1 2 --json out.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+ARCHES = {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b"}
+
+
+def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
+    """Runs inside the worker subprocess."""
+    import numpy as np
+
+    from . import Model
+    from .sampling import Sampler, SamplingParams
+
+    t0 = time.perf_counter()
+    model = Model.random(ARCHES[arch], quant=quant, threads=threads, context_length=n_prompt + n_gen + 8,
+                         max_sequences=1)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    prompt = [int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)]
+    sampler = Sampler(SamplingParams(do_sample=False, max_new_tokens=n_gen), model.config.n_vocab)
+    engine_forward = model._forward
+    core_s = [0.0]
+
+    def timed_forward(*a: Any) -> Any:  # time spent inside the C++ forward, to get Python's share
+        t = time.perf_counter()
+        out = engine_forward(*a)
+        core_s[0] += time.perf_counter() - t
+        return out
+
+    model._forward = timed_forward  # type: ignore[method-assign]
+    pp, ttft, tg, py_share = [], [], [], []
+    s = model._default
+    for _ in range(repeats):
+        s.reset()
+        t = time.perf_counter()
+        logits = s.feed(prompt)
+        tok = sampler.sample(logits, prompt)
+        first = time.perf_counter() - t
+        ttft.append(first)
+        pp.append(n_prompt / first)
+        core_s[0] = 0.0
+        t = time.perf_counter()
+        for _ in range(n_gen):
+            logits = s.feed([tok])
+            tok = sampler.sample(logits, ())
+        dt = time.perf_counter() - t
+        tg.append(n_gen / dt)
+        py_share.append(1.0 - core_s[0] / dt)
+    kv_read = 2 * model.config.n_layer * model.config.kv_dim * 2 * (n_prompt + n_gen / 2)  # f16 cache, mean depth
+    return {
+        "arch": arch, "quant": quant, "threads": threads, "isa": model.isa,
+        "load_s": load_s, "weight_bytes": model.weight_bytes, "bytes_per_token": model.weight_bytes + kv_read,
+        "pp_tok_s": statistics.median(pp), "ttft_s": statistics.median(ttft), "tg_tok_s": statistics.median(tg),
+        "python_share": statistics.median(py_share),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "n_prompt": n_prompt, "n_gen": n_gen, "repeats": repeats,
+    }
+
+
+def _run_config(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
+    code = ("import json, sys; from llama32_native.bench import _measure; "
+            f"print('RESULT ' + json.dumps(_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats})))")
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"arch": arch, "quant": quant, "threads": threads, "error": (r.stderr or r.stdout).strip()[-500:]}
+
+
+def bandwidth(threads: int) -> float:
+    """Measured read bandwidth, bytes/s (a 1 GiB buffer, median of 5)."""
+    from . import _core
+
+    return float(_core.bench_bandwidth(1024, threads, 5))
+
+
+def format_table(rows: Sequence[dict[str, Any]], bw: dict[int, float]) -> str:
+    head = (f"{'engine':<12}{'arch':<5}{'quant':<8}{'thr':>4}{'pp512 tok/s':>13}{'tg tok/s':>10}{'roofline':>10}"
+            f"{'% roof':>8}{'TTFT s':>8}{'load s':>8}{'RSS GiB':>9}{'py %':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r.get('engine', 'ours'):<12}{r['arch']:<5}{r['quant']:<8}{r['threads']:>4}  error: {r['error'][:60]}")
+            continue
+        roof = bw.get(r["threads"], 0) / r["bytes_per_token"] if r.get("bytes_per_token") else float("nan")
+        lines.append(
+            f"{r.get('engine', 'ours'):<12}{r['arch']:<5}{r['quant']:<8}{r['threads']:>4}{r['pp_tok_s']:>13.1f}"
+            f"{r['tg_tok_s']:>10.2f}{roof:>10.2f}{100 * r['tg_tok_s'] / roof:>7.0f}%{r['ttft_s']:>8.2f}"
+            f"{r['load_s']:>8.1f}{r['peak_rss_bytes'] / 2**30:>9.2f}{100 * r.get('python_share', 0):>6.1f}%")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    labels = [f"{r.get('engine', 'ours')}\n{r['arch']} {r['quant']} t{r['threads']}" for r in ok]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(ok)), 4))
+    ax.bar(range(len(ok)), [r["tg_tok_s"] for r in ok], color=["C0" if r.get("engine", "ours") == "ours" else "C1" for r in ok])
+    ax.set_xticks(range(len(ok)), labels, fontsize=7)
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title("Decode speed, synthetic Llama 3.2 weights")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="llama32-native bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", nargs="+", default=["1b"], choices=sorted(ARCHES))
+    ap.add_argument("--quant", nargs="+", default=["q4_0", "q8_0"], choices=["f32", "bf16", "q8_0", "q4_0"])
+    ap.add_argument("--threads", nargs="+", type=int, default=[os.cpu_count() or 1])
+    ap.add_argument("--n-prompt", type=int, default=512)
+    ap.add_argument("--n-gen", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peers", action="store_true", help="also run bench/peers.py (llama.cpp, PyTorch) if present")
+    ap.add_argument("--json", default=None, help="write all results here")
+    ap.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    a = ap.parse_args(argv)
+    from . import system_info
+
+    info = system_info()
+    bw = {t: bandwidth(t) for t in sorted(set(a.threads))}
+    print(f"# llama32_native bench: cpu={info['cpu']} isa={info['isa']} python={platform.python_version()}")
+    print("# read bandwidth: " + ", ".join(f"{t} thread(s) {v / 1e9:.1f} GB/s" for t, v in bw.items()))
+    rows = []
+    for arch in a.arch:
+        for quant in a.quant:
+            for t in a.threads:
+                r = _run_config(arch, quant, t, a.n_prompt, a.n_gen, a.repeats)
+                r["engine"] = "ours"
+                rows.append(r)
+                print(format_table([r], bw).splitlines()[-1], flush=True)
+    if a.peers:
+        rows += _peer_rows(a, bw)
+    print()
+    print(format_table(rows, bw))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"system": info, "bandwidth": bw, "results": rows}, f, indent=1)
+    if a.plot:
+        plot(rows, a.plot)
+    return 0
+
+
+def _peer_rows(a: Any, bw: dict[int, float]) -> list[dict[str, Any]]:
+    """llama.cpp and PyTorch on the same architectures, via bench/peers.py (a source checkout only)."""
+    here = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
+    sys.path.insert(0, os.path.abspath(here))
+    try:
+        import peers  # type: ignore[import-not-found]
+    except ImportError:
+        print("# peers: bench/peers.py not found (run from a source checkout)")
+        return []
+    out = []
+    for arch in a.arch:
+        for t in a.threads:
+            for r in peers.run_all(arch, t, a.n_prompt, a.n_gen, a.repeats):
+                out.append(r)
+                print(format_table([r], bw).splitlines()[-1], flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
