@@ -19,8 +19,9 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Iterable, Literal, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -38,7 +39,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from .batch import _prefill
 from .chat import validate_messages
-from .errors import ContextLengthError, Error
+from .errors import Error
 from .sampling import Sampler, SamplingParams
 from .streaming import TextStream
 
@@ -57,17 +58,17 @@ class ServerConfig:
     """Limits and policy of one server (the CLI's `serve` options map onto these)."""
 
     model_name: str = "llama32-native"
-    api_key: Optional[str] = None
+    api_key: str | None = None
     max_queue: int = 64  # requests waiting for a slot; beyond this: 429
     max_tokens: int = 4096  # largest max_tokens a request may ask for
     default_max_tokens: int = 256  # when a chat request gives none (completions default to 16, as OpenAI)
-    max_prompt_tokens: Optional[int] = None  # None: the context length
+    max_prompt_tokens: int | None = None  # None: the context length
     max_body_bytes: int = 1 << 20
     max_n: int = 4  # choices per request
     max_prompts: int = 16  # prompts in one /v1/completions list or /score input_string
     body_timeout_s: float = 30.0  # a body that trickles in slower than this gets 408
     retry_after_s: int = 1
-    allowed_hosts: Optional[tuple[str, ...]] = None  # Host header names; None: local names when bound locally
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names; None: local names when bound locally
     cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -110,8 +111,8 @@ class Job:
     stream: Any = None
     history: list[int] = dataclasses.field(default_factory=list)
     n_generated: int = 0
-    logits: Optional[np.ndarray] = None
-    next_token: Optional[int] = None
+    logits: np.ndarray | None = None
+    next_token: int | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -144,7 +145,7 @@ class _CountingForward:
 class Scheduler:
     """Owns the model; admits queued jobs into free session slots and decodes all active ones per step."""
 
-    def __init__(self, model: Any, max_queue: int = 64, max_batch: Optional[int] = None):
+    def __init__(self, model: Any, max_queue: int = 64, max_batch: int | None = None):
         self.model = model
         self.capacity = len(model._free_slots) if max_batch is None else min(max_batch, len(model._free_slots))
         if self.capacity < 1:
@@ -156,8 +157,8 @@ class Scheduler:
         self._pending: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._stopping = False
-        self._dead: Optional[str] = None
-        self._thread: Optional[threading.Thread] = None
+        self._dead: str | None = None
+        self._thread: threading.Thread | None = None
 
     # -------------------------------------------------------------- control
     def start(self) -> None:
@@ -278,7 +279,7 @@ class Scheduler:
                 self._finish(job, finish)
         self._active = keep
 
-    def _sample_one(self, job: Job) -> Optional[str]:
+    def _sample_one(self, job: Job) -> str | None:
         """Pick one token for a job; its finish reason, or None to go on."""
         tok = job.sampler.sample(job.logits, job.history)
         job.logits = None
@@ -340,7 +341,10 @@ class Scheduler:
 
 # ====================================================================== request schemas
 class _Lenient(BaseModel):
-    """Strict types, unknown fields ignored (clients send fields this server does not use)."""
+    """Strict types, unknown fields ignored (clients send fields this server does not use).
+
+    Field annotations use Optional/Union: pydantic evaluates them at run time (Python 3.9 has no `X | Y`).
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -404,18 +408,18 @@ class ScoreRequest(_Lenient):
 class BadRequest(Exception):
     """A request the server understood but will not serve (HTTP 400 unless status says otherwise)."""
 
-    def __init__(self, message: str, param: Optional[str] = None, code: Optional[str] = None, status: int = 400):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.code, self.status = param, code, status
 
 
 # ====================================================================== the app
-def _error_body(message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
-                code: Optional[str] = None) -> dict[str, Any]:
+def _error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
+                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _error(status: int, message: str, headers: Optional[dict[str, str]] = None, **kw: Any) -> JSONResponse:
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **kw: Any) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse(_error_body(message, kind, **kw), status_code=status, headers=headers)
 
@@ -432,8 +436,8 @@ class _Service:
         self.chat_stop_ids = self.stop_ids | (fmt.stop_tokens if fmt is not None else frozenset())
 
     # -------------------------------------------------------------- validation
-    def sampling(self, req: _SamplingFields, max_tokens: Optional[int], default_max: int, n_prompt: int,
-                 extra: Optional[dict[str, Any]] = None) -> SamplingParams:
+    def sampling(self, req: _SamplingFields, max_tokens: int | None, default_max: int, n_prompt: int,
+                 extra: dict[str, Any] | None = None) -> SamplingParams:
         cfg = self.config
         limit = cfg.max_prompt_tokens or self.n_ctx
         if n_prompt > limit:
@@ -481,7 +485,7 @@ class _Service:
         except (TypeError, ValueError, UnicodeError) as e:
             raise BadRequest(f"cannot encode the prompt: {e}", "prompt") from None
 
-    def prompt_ids(self, prompt: Union[str, list[str], list[int]]) -> list[list[int]]:
+    def prompt_ids(self, prompt: str | list[str] | list[int]) -> list[list[int]]:
         if isinstance(prompt, str):
             return [self.tokenize(prompt)]
         if not prompt:
@@ -506,7 +510,8 @@ class _Service:
             if isinstance(content, list):  # OpenAI content parts: only text is supported
                 texts = []
                 for part in content:
-                    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    is_text = isinstance(part, dict) and part.get("type") == "text"
+                    if not is_text or not isinstance(part.get("text"), str):
                         raise BadRequest(f"messages[{i}].content: only text parts are supported", "messages")
                     texts.append(part["text"])
                 m["content"] = "".join(texts)
@@ -586,7 +591,7 @@ def _sse(obj: Any) -> str:
 class _Guard:
     """ASGI middleware: Host and Origin checks (DNS rebinding, foreign pages), API key, body size and pace."""
 
-    def __init__(self, app: Any, config: ServerConfig, allowed_hosts: Optional[tuple[str, ...]]):
+    def __init__(self, app: Any, config: ServerConfig, allowed_hosts: tuple[str, ...] | None):
         self.app, self.config, self.allowed_hosts = app, config, allowed_hosts
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -606,11 +611,11 @@ class _Guard:
         if cors and scope["method"] == "OPTIONS":
             await _send_raw(send, 204, b"", _cors_headers(origin))
             return
-        if self.config.api_key is not None and scope["path"] not in ("/health", "/"):
-            if not _key_ok(headers.get("authorization", ""), self.config.api_key):
-                await _send_error(send, 401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                  {"www-authenticate": "Bearer"}, code="invalid_api_key")
-                return
+        needs_key = self.config.api_key is not None and scope["path"] not in ("/health", "/")
+        if needs_key and not _key_ok(headers.get("authorization", ""), self.config.api_key):
+            await _send_error(send, 401, "invalid or missing API key (Authorization: Bearer KEY)",
+                              {"www-authenticate": "Bearer"}, code="invalid_api_key")
+            return
         body = await self._read_body(headers, receive, send)
         if body is None:
             return
@@ -627,7 +632,7 @@ class _Guard:
             send = _with_headers(send, _cors_headers(origin))
         await self.app(scope, replay, send)
 
-    async def _read_body(self, headers: dict[str, str], receive: Callable, send: Callable) -> Optional[bytes]:
+    async def _read_body(self, headers: dict[str, str], receive: Callable, send: Callable) -> bytes | None:
         limit = self.config.max_body_bytes
         length = headers.get("content-length")
         if length is not None:
@@ -689,20 +694,20 @@ async def _send_raw(send: Callable, status: int, body: bytes, headers: dict[str,
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Callable, status: int, message: str, headers: Optional[dict[str, str]] = None,
-                      code: Optional[str] = None) -> None:
+async def _send_error(send: Callable, status: int, message: str, headers: dict[str, str] | None = None,
+                      code: str | None = None) -> None:
     body = json.dumps(_error_body(message, code=code)).encode()
     await _send_raw(send, status, body, {"content-type": "application/json", "connection": "close",
                                          **(headers or {})})
 
 
-def _default_hosts(host: str) -> Optional[tuple[str, ...]]:
+def _default_hosts(host: str) -> tuple[str, ...] | None:
     if host in LOCAL_HOSTS:
         return LOCAL_HOSTS
     return None  # bound to a public address: the operator decides (ServerConfig.allowed_hosts)
 
 
-def create_app(model: Any, config: Optional[ServerConfig] = None, scheduler: Optional[Scheduler] = None,
+def create_app(model: Any, config: ServerConfig | None = None, scheduler: Scheduler | None = None,
                bind_host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI app serving `model`; starts (and on shutdown stops) a Scheduler that owns the model."""
     config = config or ServerConfig()
@@ -809,7 +814,7 @@ def _install_routes(app: FastAPI, svc: _Service) -> None:
         base = {"id": rid, "object": "chat.completion.chunk" if req.stream else "chat.completion", "created": now,
                 "model": cfg.model_name}
         if req.stream:
-            def chunk(i: int, text: Optional[str], fin: Optional[str]) -> dict[str, Any]:
+            def chunk(i: int, text: str | None, fin: str | None) -> dict[str, Any]:
                 delta = {} if text is None else {"content": text}
                 return {**base, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": fin}]}
 
@@ -841,8 +846,8 @@ def _install_routes(app: FastAPI, svc: _Service) -> None:
 
 
 def _stream(queue: asyncio.Queue, jobs: list[Job], req: _SamplingFields,
-            chunk: Callable[[int, Optional[str], Optional[str]], dict[str, Any]],
-            first: Optional[list[dict[str, Any]]]) -> StreamingResponse:
+            chunk: Callable[[int, str | None, str | None], dict[str, Any]],
+            first: list[dict[str, Any]] | None) -> StreamingResponse:
     include_usage = bool((req.stream_options or {}).get("include_usage"))
 
     async def events() -> AsyncIterator[str]:
@@ -886,13 +891,25 @@ def _uvicorn_config(app: FastAPI, host: str, port: int, log_level: str, graceful
                           timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024, server_header=False)
 
 
-def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, config: Optional[ServerConfig] = None,
+def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None,
           log_level: str = "info", graceful_s: float = 30.0) -> None:
     """Serve until SIGINT/SIGTERM: stop accepting, let in-flight requests finish (up to graceful_s), stop."""
+    app = create_app(model, config, bind_host=host)
+    _graceful_server_class()(_uvicorn_config(app, host, port, log_level, graceful_s)).run()
+
+
+def _graceful_server_class() -> type:
     import uvicorn
 
-    app = create_app(model, config, bind_host=host)
-    uvicorn.Server(_uvicorn_config(app, host, port, log_level, graceful_s)).run()
+    class GracefulServer(uvicorn.Server):
+        """The first SIGINT/SIGTERM drains and returns normally (exit 0); a second one forces the exit."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+
+    return GracefulServer
 
 
 def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",

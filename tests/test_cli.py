@@ -1,0 +1,250 @@
+"""The command line, run as `python -m llama32_native` in subprocesses on a tiny checkpoint.
+
+Contract under test: text on stdout, progress on stderr; `error: ...` and exit 1 for package errors,
+2 for usage errors; chat driven through stdin honours /reset and /quit; quantize writes a loadable file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_DIR = ROOT / "python"
+
+
+def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A Hugging Face Llama directory: hidden 64, 2 layers, Meta's 128256-token tokenizer (from llama_models)."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    llama_models = pytest.importorskip("llama_models")
+    tok_src = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    if not tok_src.is_file():
+        pytest.skip("llama_models ships no llama3/tokenizer.model")
+    n_embd, n_ff, n_layer, n_head, n_kv, head_dim, n_vocab = 64, 96, 2, 4, 2, 16, 128256
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.5).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(n_vocab, n_embd), "model.norm.weight": np.ones(n_embd, np.float32)}
+    for i in range(n_layer):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = np.ones(n_embd, np.float32)
+        t[p + "post_attention_layernorm.weight"] = np.ones(n_embd, np.float32)
+        t[p + "self_attn.q_proj.weight"] = w(n_head * head_dim, n_embd)
+        t[p + "self_attn.k_proj.weight"] = w(n_kv * head_dim, n_embd)
+        t[p + "self_attn.v_proj.weight"] = w(n_kv * head_dim, n_embd)
+        t[p + "self_attn.o_proj.weight"] = w(n_embd, n_head * head_dim)
+        t[p + "mlp.gate_proj.weight"] = w(n_ff, n_embd)
+        t[p + "mlp.up_proj.weight"] = w(n_ff, n_embd)
+        t[p + "mlp.down_proj.weight"] = w(n_embd, n_ff)
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors_numpy.save_file(t, str(directory / "model.safetensors"))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": n_embd,
+        "intermediate_size": n_ff, "num_hidden_layers": n_layer, "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv, "head_dim": head_dim, "vocab_size": n_vocab,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "tie_word_embeddings": True, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+        "torch_dtype": "float32", "hidden_act": "silu",
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    shutil.copy(tok_src, directory / "tokenizer.model")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_hf") / "tiny")
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PYTHON_DIR), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
+    return subprocess.run([sys.executable, "-m", "llama32_native", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+# ---------------------------------------------------------------------- info
+def test_info_system() -> None:
+    r = run_cli("info")
+    assert r.returncode == 0, r.stderr
+    assert "isa" in r.stdout and "threads" in r.stdout
+    r = run_cli("info", "--json")
+    info = json.loads(r.stdout)
+    assert info["system"]["isa"] in info["system"]["available_isas"]
+
+
+def test_info_model(tiny_dir: Path) -> None:
+    r = run_cli("info", str(tiny_dir), "--quant", "f32", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["model"]
+    assert m["quant"] == "f32"
+    assert m["weight_bytes"] >= 128256 * 64 * 4
+    assert m["config"]["n_layer"] == 2 and m["config"]["n_embd"] == 64
+    assert m["tokenizer"]["n_vocab"] == 128256 and m["tokenizer"]["bos_id"] == 128000
+    assert m["chat_format"] == "Llama3ChatFormat"
+    assert "loading" in r.stderr  # progress goes to stderr, never into the JSON
+
+
+# ---------------------------------------------------------------------- generate
+def test_generate_streams_and_is_deterministic(tiny_dir: Path) -> None:
+    args = ("generate", str(tiny_dir), "Hello there", "-n", "12", "--greedy", "--quant", "f32", "--stats")
+    a, b = run_cli(*args), run_cli(*args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout.strip() and a.stdout == b.stdout
+    assert "tokens/s" in a.stderr
+    seeded = ("generate", str(tiny_dir), "Hi", "-n", "8", "--seed", "7", "-q")
+    c, d = run_cli(*seeded), run_cli(*seeded)
+    assert c.returncode == 0 and c.stdout == d.stdout and c.stderr == ""
+
+
+def test_generate_prompt_from_stdin(tiny_dir: Path) -> None:
+    r = run_cli("generate", str(tiny_dir), "-", "-n", "4", "--greedy", "-q", stdin="Once upon a time")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+
+
+# ---------------------------------------------------------------------- chat
+def test_chat_through_stdin(tiny_dir: Path) -> None:
+    r = run_cli("chat", str(tiny_dir), "-n", "4", "--greedy", "--system", "Be brief.",
+                stdin="hi\n/reset\nhello again\n/quit\nnot read\n")
+    assert r.returncode == 0, r.stderr
+    assert "(conversation reset)" in r.stderr
+    assert r.stdout.count("\n") >= 2  # two answered turns
+
+
+class _FakeChatModel:
+    """Records the conversation each chat() call sees."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, str]]] = []
+
+    def chat(self, messages, stream=False, **sampling):
+        self.calls.append([dict(m) for m in messages])
+        return iter([f"answer{len(self.calls)}"])
+
+
+def test_chat_loop_history_reset_quit() -> None:
+    from llama32_native.cli import ChatLoop
+
+    model = _FakeChatModel()
+    out = io.StringIO()
+    rc = ChatLoop(model, {}, system="sys").run(io.StringIO("a\n\nb\n/reset\nc\n/quit\nd\n"), out)
+    assert rc == 0
+    assert out.getvalue() == "answer1\nanswer2\nanswer3\n"
+    assert [m["content"] for m in model.calls[1]] == ["sys", "a", "answer1", "b"]  # multi-turn
+    assert [m["content"] for m in model.calls[2]] == ["sys", "c"]  # after /reset; "d" after /quit never read
+
+
+# ---------------------------------------------------------------------- quantize
+def test_quantize_then_load(tiny_dir: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "tiny-q8_0.safetensors"
+    r = run_cli("quantize", str(tiny_dir), str(dst), "--quant", "q8_0")
+    assert r.returncode == 0, r.stderr
+    assert dst.is_file() and "wrote" in r.stderr
+    info = run_cli("info", str(dst), "--json", "-q")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["model"]["quant"] == "q8_0"
+    gen = run_cli("generate", str(dst), "Hi", "-n", "3", "--greedy", "-q")
+    assert gen.returncode == 0 and gen.stdout.strip()
+    again = run_cli("quantize", str(tiny_dir), str(dst), "--quant", "q8_0")
+    assert again.returncode == 1 and "exists" in again.stderr
+
+
+# ---------------------------------------------------------------------- errors and exit codes
+def test_error_exit_codes(tiny_dir: Path, tmp_path: Path) -> None:
+    missing = run_cli("generate", str(tmp_path / "nope"), "x")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in missing.stderr
+    shown = run_cli("--traceback", "generate", str(tmp_path / "nope"), "x")
+    assert shown.returncode == 1 and "Traceback" in shown.stderr and "ModelLoadError" in shown.stderr
+    bad_param = run_cli("generate", str(tiny_dir), "x", "--temperature", "-1")
+    assert bad_param.returncode == 1 and "temperature" in bad_param.stderr
+    too_long = run_cli("generate", str(tiny_dir), "x", "-n", "5000", "--ctx", "64", "-q")
+    assert too_long.returncode == 1 and too_long.stderr.startswith("error: ")
+    bad_file = tmp_path / "garbage.safetensors"
+    bad_file.write_bytes(b"\xff" * 64)
+    assert run_cli("info", str(bad_file)).returncode == 1
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli("generate", str(tiny_dir)).returncode == 2
+    assert run_cli("generate", str(tiny_dir), "x", "--quant", "q3_k").returncode == 2
+
+
+def test_bench_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from llama32_native import cli
+
+    seen = []
+    fake = types.ModuleType("llama32_native.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "llama32_native.bench", fake)
+    assert cli.main(["bench", "--model", "x", "-n", "3"]) == 0
+    assert seen == [["--model", "x", "-n", "3"]]
+    monkeypatch.setitem(sys.modules, "llama32_native.bench", None)  # import fails like a missing module
+    assert cli.main(["bench"]) == 1
+
+
+# ---------------------------------------------------------------------- serve
+def test_serve_drains_on_sigterm(tiny_dir: Path) -> None:
+    import signal
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PYTHON_DIR), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "llama32_native", "serve", str(tiny_dir), "--port", str(port),
+                             "--api-key", "k", "--log-level", "warning", "--ctx", "512"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.1)
+        lines: list[str] = []
+        started = threading.Event()
+
+        def stream() -> None:
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30,
+                              headers={"authorization": "Bearer k"}) as r:
+                for line in r.iter_lines():
+                    started.set()
+                    lines.append(line)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        assert started.wait(20)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        t.join(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, proc.stderr.read()
+    lines = [x for x in lines if x]
+    assert lines and lines[-1] == "data: [DONE]"  # the in-flight stream was allowed to finish
