@@ -15,6 +15,16 @@ from llama32_native.config import LlamaConfig, RopeScaling  # noqa: E402
 from llama32_native.loading import Tensor  # noqa: E402
 
 ISAS = l32.system_info()["available_isas"]
+# The directory this run imports llama32_native from (the source tree with a dev build, or site-packages after
+# `pip install .`): child processes must import the same copy, never the source tree without its compiled core.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(l32.__file__)))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child Python that must import the same llama32_native as this test run."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
+    return env
 
 
 def pytest_report_header(config):

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON_DIR = ROOT / "python"
+from conftest import subprocess_env
 
 
 def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
@@ -67,9 +66,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PYTHON_DIR), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
+    env = subprocess_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     return subprocess.run([sys.executable, "-m", "llama32_native", *args], input=stdin, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
@@ -209,7 +206,7 @@ def test_serve_drains_on_sigterm(tiny_dir: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PYTHON_DIR), os.environ.get("PYTHONPATH")])))
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "llama32_native", "serve", str(tiny_dir), "--port", str(port),
                              "--api-key", "k", "--log-level", "warning", "--ctx", "512"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ import mkbad
 import numpy as np
 import pytest
 from llama32_native.config import LlamaConfig
-from llama32_native.errors import ModelLoadError, UnexpectedTensorError
+from llama32_native.errors import ConfigError, ModelLoadError, UnexpectedTensorError
 from llama32_native.loading import Tensor
 from llama32_native.loading.hf import expected_shapes, internal_name, load_hf_dir
 
@@ -248,6 +248,32 @@ def test_error_names_tensor_and_shapes(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- other writers
+
+
+_GOOD_HF = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 96, "vocab_size": 256,
+            "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192}}
+
+
+@pytest.mark.parametrize("path,value", [
+    ("rope_scaling.original_max_position_embeddings", 1e999), ("rope_scaling.original_max_position_embeddings", 1.9),
+    ("rope_scaling.original_max_position_embeddings", "8192"), ("rope_scaling.original_max_position_embeddings", True),
+    ("rope_scaling.factor", "32"), ("rope_scaling.factor", float("nan")), ("rope_scaling.factor", [32]),
+    ("hidden_size", "64"), ("hidden_size", 64.0), ("num_attention_heads", 0), ("num_hidden_layers", 2.5),
+])
+def test_config_values_are_not_coerced(path: str, value: object) -> None:
+    """A config value of the wrong type is refused with ConfigError, never converted (1.9 -> 1) or leaked as
+    OverflowError/TypeError."""
+    d = json.loads(json.dumps(_GOOD_HF))
+    *parents, key = path.split(".")
+    target = d
+    for p in parents:
+        target = target[p]
+    target[key] = value
+    LlamaConfig.from_hf_dict(_GOOD_HF)  # the unmodified config is fine
+    with pytest.raises(ConfigError):
+        LlamaConfig.from_hf_dict(d)
 
 
 def test_checkpoint_written_by_safetensors_package(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, rep
 
     model._forward = timed_forward  # type: ignore[method-assign]
     pp, ttft, tg, py_share = [], [], [], []
-    s = model._default
+    s = model.session()
     for _ in range(repeats):
         s.reset()
         t = time.perf_counter()
@@ -165,21 +165,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _peer_rows(a: Any, bw: dict[int, float]) -> list[dict[str, Any]]:
-    """llama.cpp and PyTorch on the same architectures, via bench/peers.py (a source checkout only)."""
-    here = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
-    sys.path.insert(0, os.path.abspath(here))
-    try:
-        import peers  # type: ignore[import-not-found]
-    except ImportError:
+    """llama.cpp and PyTorch on the same architectures, via bench/peers.py of a source checkout (a subprocess)."""
+    import tempfile
+
+    script = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "bench", "peers.py"))
+    if not os.path.exists(script):
         print("# peers: bench/peers.py not found (run from a source checkout)")
         return []
-    out = []
-    for arch in a.arch:
-        for t in a.threads:
-            for r in peers.run_all(arch, t, a.n_prompt, a.n_gen, a.repeats):
-                out.append(r)
-                print(format_table([r], bw).splitlines()[-1], flush=True)
-    return out
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "peers.json")
+        cmd = [sys.executable, script, "--arch", *a.arch, "--threads", *map(str, a.threads), "--n-prompt",
+               str(a.n_prompt), "--n-gen", str(a.n_gen), "--repeats", str(a.repeats), "--json", out]
+        subprocess.run(cmd, check=False)
+        if not os.path.exists(out):
+            return []
+        with open(out) as f:
+            return [_peer_row(r) for r in json.load(f)["results"]]
+
+
+def _peer_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A peers.py result in this module's row format."""
+    quant = r.get("quant", "?")
+    row = {"engine": r.get("engine", "peer"), "arch": r.get("arch", "?"), "quant": quant,
+           "threads": r.get("n_threads", 0)}
+    if "tg_tps" not in r:
+        row["error"] = str(r.get("error", "no result"))
+        return row
+    row.update({"pp_tok_s": r["pp_tps"], "tg_tok_s": r["tg_tps"], "ttft_s": r.get("n_prompt", 512) / r["pp_tps"],
+                "load_s": r.get("load_s", float("nan")), "peak_rss_bytes": r.get("peak_rss_bytes", 0),
+                "bytes_per_token": r.get("file_bytes") or r.get("weight_bytes") or 0, "python_share": 0.0})
+    return row
 
 
 if __name__ == "__main__":

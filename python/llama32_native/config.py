@@ -52,7 +52,8 @@ class LlamaConfig:
     eos_token_ids: tuple[int, ...] = (128001, 128008, 128009)
 
     def __post_init__(self) -> None:
-        if self.head_dim == 0 and isinstance(self.n_head, int) and self.n_head > 0:
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.n_embd, self.n_head))
+        if self.head_dim == 0 and ints and self.n_head > 0:  # other cases are refused by validate()
             object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
         self.validate()
 
@@ -229,17 +230,16 @@ class LlamaConfig:
                 raise ConfigError(f"{source}: rope_scaling must be an object or null")
             rtype = scaling_raw.get("rope_type", scaling_raw.get("type", "default"))
             if rtype == "llama3":
-                try:
-                    scaling = RopeScaling(
-                        factor=float(scaling_raw["factor"]),
-                        low_freq_factor=float(scaling_raw.get("low_freq_factor", 1.0)),
-                        high_freq_factor=float(scaling_raw.get("high_freq_factor", 4.0)),
-                        original_max_position_embeddings=int(
-                            scaling_raw.get("original_max_position_embeddings", 8192)
-                        ),
-                    )
-                except (KeyError, TypeError, ValueError) as e:
-                    raise ConfigError(f"{source}: invalid llama3 rope_scaling: {e!r}") from None
+                if "factor" not in scaling_raw:
+                    raise ConfigError(f"{source}: llama3 rope_scaling has no 'factor'")
+                # Values pass through unconverted: validate() insists on real numbers and an integer length, so
+                # "8192", 1.9 or 1e999 are refused rather than coerced.
+                scaling = RopeScaling(
+                    factor=scaling_raw["factor"],
+                    low_freq_factor=scaling_raw.get("low_freq_factor", 1.0),
+                    high_freq_factor=scaling_raw.get("high_freq_factor", 4.0),
+                    original_max_position_embeddings=scaling_raw.get("original_max_position_embeddings", 8192),
+                )
             elif rtype != "default":
                 raise ConfigError(f"{source}: unsupported rope_type {rtype!r} (expected 'llama3' or none)")
 

@@ -6,12 +6,10 @@ the package's own types; the GIL is released inside every compute call (in the b
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import sys
 import threading
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -21,7 +19,6 @@ from .errors import (
     ContextLengthError,
     Error,
     ModelClosedError,
-    ModelLoadError,
     NumericalError,
     TensorShapeError,
 )
@@ -145,10 +142,12 @@ class _Progress:
 class Session:
     """One sequence and its KV cache: the low-level loop for custom decoding, logprobs and benchmarks."""
 
-    def __init__(self, model: "Model", slot: int):
+    def __init__(self, model: "Model", slot: int, tokens: list[int] | None = None):
         self._model = model
         self._slot = slot
-        self._tokens: list[int] = []  # what the cache holds, position by position
+        # What the cache holds, position by position. The default slot's list lives in the model (so the next
+        # call can reuse its prefix) and is shared by the short-lived Session that borrows that slot.
+        self._tokens: list[int] = [] if tokens is None else tokens
         self._closed = False
 
     @property
@@ -165,10 +164,14 @@ class Session:
 
     def truncate(self, n: int) -> None:
         """Keep only the first n cached tokens (positions past n are overwritten by later feeds)."""
-        self._tokens = self._tokens[: max(0, min(n, len(self._tokens)))]
+        del self._tokens[max(0, min(n, len(self._tokens))):]
 
     def feed(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens (one batched pass per chunk); float32 logits of the last one, or of all with all_logits."""
+        with self._model._lock:  # one feed is atomic: its positions follow n_past even with other threads
+            return self._feed_locked(ids, all_logits)
+
+    def _feed_locked(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
         self._check_open()
         ids = self._model._check_ids(ids)
         n_ctx = self._model.context_length
@@ -204,13 +207,19 @@ class Session:
                 break
             common += 1
         common = min(common, len(ids) - 1)  # at least one token is fed, to get its logits
-        self.truncate(common)
-        return self.feed(ids[common:])
+        with self._model._lock:
+            self.truncate(common)
+            return self.feed(ids[common:])
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._model._release_slot(self._slot)
+
+    def __del__(self) -> None:
+        # A generator abandoned without close() must still give its slot back when it is collected.
+        if not getattr(self, "_closed", True):
+            self.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -247,11 +256,15 @@ class Model:
         self._chat_format = chat_format
         self._lock = threading.RLock()
         self._closed = False
-        self._free_slots = list(range(max_sequences - 1, 0, -1))  # slot 0 belongs to the default session
+        # Slot 0 is the default sequence of generate()/stream()/chat()/logits(): it keeps the last prompt so that
+        # the next call reuses the shared prefix. One call at a time borrows it; a call made while it is
+        # borrowed (another thread, or a generator still alive) gets a free slot of its own instead.
+        self._free_slots = list(range(max_sequences - 1, 0, -1))
+        self._default_tokens: list[int] = []
+        self._default_busy = False
         self._engine = _core.Engine(_core_config(config), context_length, max_sequences, kv_cache, threads)
         plan = dict(plan) if plan is not None else tensor_plan(config, quant)
         self._load_tensors(tensors, plan, progress)
-        self._default = Session(self, 0)
 
     # ------------------------------------------------------------------ construction
     def _load_tensors(self, tensors: Mapping[str, Tensor], plan: Mapping[str, str], progress: bool | None) -> None:
@@ -327,24 +340,33 @@ class Model:
 
     # ------------------------------------------------------------------ properties
     @property
+    def _live_engine(self) -> Any:
+        engine = self._engine
+        if engine is None:
+            raise ModelClosedError("the model is closed")
+        return engine
+
+    @property
     def context_length(self) -> int:
-        return int(self._engine.n_ctx)
+        return int(self._live_engine.n_ctx)
 
     @property
     def threads(self) -> int:
-        return int(self._engine.threads)
+        return int(self._live_engine.threads)
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self._engine.threads = _check_int_arg("threads", n, 1, 1024)
+        n = _check_int_arg("threads", n, 1, 1024)
+        with self._lock:
+            self._live_engine.threads = n
 
     @property
     def isa(self) -> str:
-        return str(self._engine.isa)
+        return str(self._live_engine.isa)
 
     @property
     def weight_bytes(self) -> int:
-        return int(self._engine.weight_bytes)
+        return int(self._live_engine.weight_bytes)
 
     @property
     def chat_format(self) -> Any:
@@ -386,8 +408,22 @@ class Model:
 
     def _release_slot(self, slot: int) -> None:
         with self._lock:
-            if slot != 0 and slot not in self._free_slots:
+            if slot == 0:
+                self._default_busy = False
+            elif slot not in self._free_slots:
                 self._free_slots.append(slot)
+
+    def _borrow_session(self) -> Session:
+        """The default sequence if no other call holds it, else a fresh slot; close() it when done."""
+        with self._lock:
+            self._check_open()
+            if not self._default_busy:
+                self._default_busy = True
+                return Session(self, 0, self._default_tokens)
+            if not self._free_slots:
+                raise RuntimeError("too many generations at once: every sequence slot is in use "
+                                   "(finish or close a generator, or raise max_sequences)")
+            return Session(self, self._free_slots.pop())
 
     def session(self) -> Session:
         """A new sequence with its own KV cache slot (close it, or use it as a context manager)."""
@@ -395,9 +431,7 @@ class Model:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence from position 0."""
-        with self._lock:
-            self._check_open()
-            s = self._default
+        with self._borrow_session() as s:
             s.reset()
             try:
                 return s.feed(ids, all_logits=True)
@@ -429,7 +463,7 @@ class Model:
 
     def generate_tokens(self, prompt: Prompt, session: Session | None = None, **sampling: Any) -> Iterator[int]:
         """Token ids as they are sampled (stop tokens are not yielded)."""
-        from .sampling import Sampler, SamplingParams
+        from .sampling import SamplingParams
 
         params = SamplingParams(**sampling)
         ids = self._prompt_ids(prompt)
@@ -438,33 +472,36 @@ class Model:
     def _token_stream(self, ids: list[int], params: Any, session: Session | None) -> Iterator[int]:
         from .sampling import Sampler
 
+        self._check_open()
         n_ctx = self.context_length
         if len(ids) + params.max_new_tokens > n_ctx:
             raise ContextLengthError(
                 f"prompt of {len(ids)} tokens + max_new_tokens={params.max_new_tokens} exceeds the context "
                 f"of {n_ctx}", n_prompt=len(ids), max_new_tokens=params.max_new_tokens, n_ctx=n_ctx,
             )
-        self._check_open()
         return self._decode_loop(ids, params, session, Sampler(params, self.config.n_vocab))
 
     def _decode_loop(self, ids: list[int], params: Any, session: Session | None, sampler: Any) -> Iterator[int]:
-        s = session if session is not None else self._default
-        stop = self._stop_ids()
-        history = list(ids)
-        logits = s.feed_reusing_prefix(ids)
-        for i in range(params.max_new_tokens):
-            tok = sampler.sample(logits, history)
-            if tok in stop:
-                return
-            yield tok
-            history.append(tok)
-            if i + 1 < params.max_new_tokens:
-                logits = s.feed([tok])
+        s = session if session is not None else self._borrow_session()
+        try:
+            stop = self._stop_ids()
+            history = list(ids)
+            logits = s.feed_reusing_prefix(ids)
+            for i in range(params.max_new_tokens):
+                tok = sampler.sample(logits, history)
+                if tok in stop:
+                    return
+                yield tok
+                history.append(tok)
+                if i + 1 < params.max_new_tokens:
+                    logits = s.feed([tok])
+        finally:
+            if session is None:
+                s.close()
 
     def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """Text chunks as they are generated; each is whole UTF-8, and they add up to generate()'s text."""
         from .sampling import SamplingParams
-        from .streaming import TextStream
 
         params = SamplingParams(**sampling)
         ids = self._prompt_ids(prompt)
