@@ -10,6 +10,15 @@ namespace l32 {
 // Up to MAX_NT activation rows share one pass over a weight row (the weight is decoded once for all).
 constexpr int MAX_NT = 4;
 
+// Prefill GEMM on weight *panels*: PANEL_ROWS rows of a quantized matrix repacked (ops.cpp, pack_panel) so that
+// one 64-byte load holds 4 consecutive codes of each of the 16 rows. Per block b the panel has 8 groups of 64
+// bytes; group g holds codes k = 4g..4g+3 of row 0, then of row 1, ..., row 15 (unsigned, +offset as in the
+// row formats); dw[b * 16 + r] is row r's f32 block scale. A VNNI dot of a group with a broadcast dword of one
+// activation row then adds 4 products into each row's lane: a whole block accumulates in int32 before its
+// scales are applied once.
+constexpr int PANEL_ROWS = 16;
+constexpr int GEMM_NT = 8;  // activation rows per gemm_panel call
+
 // Activation rows for the dot kernels: row t starts at q + t*q_stride (int8 quants, or float/f32 values),
 // its block scales at d + t*b_stride and block sums (d * sum of quants) at s + t*b_stride.
 struct ActRows {
@@ -32,6 +41,11 @@ struct KernelTable {
                      int64_t out_stride);
     void (*dot_q4_0)(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
                      int64_t out_stride);
+
+    // y[t * ldy + r] = sum_b dw[r,b] * (dx[t,b] * sum_k code[r,b,k] * xq[t,b,k] - offset * s[t,b]) for r < rows
+    // (<= PANEL_ROWS), t < nt (<= GEMM_NT); nb blocks. nullptr in a table: matmul then uses the dot kernels.
+    void (*gemm_panel)(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
+                       int rows, float* y, int64_t ldy);
 
     // One activation row to int8 blocks: d = amax/127, q = rint(x/d), s = d * sum(q). Bit-exact across ISAs.
     void (*quantize_act)(int64_t n, const float* x, int8_t* q, float* d, float* s);

@@ -1,8 +1,11 @@
 // ops.cpp — operators over the active kernels; owns the OpenMP loops and the cache blocking of matmul.
 #include "ops.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 namespace l32 {
 
@@ -26,9 +29,81 @@ void MatmulInput::prepare(const KernelTable& k, const float* x_, int64_t T_, int
     for (int64_t t = 0; t < T; ++t) k.quantize_act(K, x + t * K, q + t * K, d + t * nb, s + t * nb);
 }
 
+void pack_panel(const Matrix& w, int64_t r0, uint8_t* panel, float* dw) {
+    const int64_t nb = w.blocks_per_row();
+    const size_t rb = w.row_bytes();
+    const uint16_t* scales = w.scales.as<uint16_t>();
+    const bool q4 = w.type == WType::Q4_0;
+    uint32_t* out = reinterpret_cast<uint32_t*>(panel);  // out[b * 128 + g * 16 + r]: codes 4g..4g+3 of row r
+    for (int r = 0; r < PANEL_ROWS; ++r) {
+        if (r0 + r >= w.rows) {  // rows past the matrix: zero codes and scales, so they add nothing
+            for (int64_t b = 0; b < nb; ++b) {
+                dw[b * PANEL_ROWS + r] = 0.0f;
+                for (int g = 0; g < 8; ++g) out[b * 128 + g * 16 + r] = 0;
+            }
+            continue;
+        }
+        const uint8_t* row = w.data.as<uint8_t>() + size_t(r0 + r) * rb;
+        for (int64_t b = 0; b < nb; ++b) dw[b * PANEL_ROWS + r] = f16_to_f32(scales[(r0 + r) * nb + b]);
+        if (!q4) {  // q8_0 codes are bytes already: move them 4 at a time
+            for (int64_t b = 0; b < nb; ++b)
+                for (int g = 0; g < 8; ++g) std::memcpy(&out[b * 128 + g * 16 + r], row + b * QK + g * 4, 4);
+            continue;
+        }
+        const int64_t paired = nb & ~int64_t(1);
+        for (int64_t b = 0; b < paired; b += 2)  // a pair's byte j: element j of block b (low), of block b+1 (high)
+            for (int g = 0; g < 8; ++g) {
+                uint32_t v;
+                std::memcpy(&v, row + b * 16 + g * 4, 4);
+                out[b * 128 + g * 16 + r] = v & 0x0f0f0f0fu;
+                out[(b + 1) * 128 + g * 16 + r] = (v >> 4) & 0x0f0f0f0fu;
+            }
+        if (paired < nb)  // trailing odd block, ggml order
+            for (int g = 0; g < 8; ++g) {
+                uint32_t v = 0;
+                for (int j = 0; j < 4; ++j) v |= uint32_t(q4_code(row, nb, paired, g * 4 + j)) << (8 * j);
+                out[paired * 128 + g * 16 + r] = v;
+            }
+    }
+}
+
+// Many activation rows against a quantized matrix: each thread repacks 16 weight rows at a time into a panel
+// (once per matmul) and runs every activation row over it, GEMM_NT at a time.
+static void matmul_panels(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy,
+                          int n_threads) {
+    const int64_t K = w.cols, T = in.T, nb = K / QK;
+    const int64_t n_panels = (w.rows + PANEL_ROWS - 1) / PANEL_ROWS;
+    const float offset = w.type == WType::Q4_0 ? 8.0f : 128.0f;
+    const ActRows x{in.acts.qs.ptr, in.acts.d.as<float>(), in.acts.sum.as<float>(), K, nb};
+    const size_t panel_bytes = size_t(nb) * 512, dw_bytes = size_t(nb) * PANEL_ROWS * 4;
+    const int n_workers = int(std::max<int64_t>(1, std::min<int64_t>(n_threads, n_panels)));
+    AlignedBuffer scratch(size_t(n_workers) * (panel_bytes + dw_bytes));  // allocated here: nothing throws inside
+#pragma omp parallel num_threads(n_workers)
+    {
+        const int tid = omp_get_thread_num();
+        uint8_t* panel = scratch.as<uint8_t>() + size_t(tid) * (panel_bytes + dw_bytes);
+        float* dw = reinterpret_cast<float*>(panel + panel_bytes);
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < n_panels; ++p) {
+            const int64_t r0 = p * PANEL_ROWS;
+            const int rows = int(std::min<int64_t>(PANEL_ROWS, w.rows - r0));
+            pack_panel(w, r0, panel, dw);
+            for (int64_t t = 0; t < T; t += GEMM_NT) {
+                ActRows xt = x;
+                xt.q = static_cast<const int8_t*>(x.q) + t * K;
+                xt.d = x.d + t * nb;
+                xt.s = x.s + t * nb;
+                k.gemm_panel(nb, panel, dw, offset, xt, int(std::min<int64_t>(GEMM_NT, T - t)), rows, y + t * ldy + r0,
+                             ldy);
+            }
+        }
+    }
+}
+
 void matmul(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy, int n_threads) {
     const int64_t R = w.rows, K = w.cols, T = in.T;
     const bool quant = w.type == WType::Q8_0 || w.type == WType::Q4_0;
+    if (quant && k.gemm_panel && T >= GEMM_MIN_ROWS) return matmul_panels(k, w, in, y, ldy, n_threads);
     ActRows x{};
     if (quant) {
         x = ActRows{in.acts.qs.ptr, in.acts.d.as<float>(), in.acts.sum.as<float>(), K, K / QK};

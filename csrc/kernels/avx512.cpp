@@ -3,7 +3,10 @@
 // only reached when dispatch.cpp has seen these features in cpuid and the OS saves the zmm state.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "../common.h"
+#include "../formats.h"
 #include "../kernels.h"
 
 namespace l32 {
@@ -96,6 +99,58 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
     for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]) - OFFSET * _mm512_reduce_add_ps(corr[t]);
 }
 
+// GEMM on a 16-row panel (kernels.h): for each block, 8 VNNI dots per activation row accumulate the block in
+// int32 lanes (one lane per weight row); the block's scales are then applied once: acc += dw * (dx*dot - off*s).
+template <int NT>
+static void gemm_panel_nt(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int rows,
+                          float* y, int64_t ldy) {
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const float* xs[NT];
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) {
+        xq[t] = static_cast<const int8_t*>(x.q) + t * x.q_stride;
+        xd[t] = x.d + t * x.b_stride;
+        xs[t] = x.s + t * x.b_stride;
+        acc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* pb = panel + b * 512;
+        __m512i dot[NT];
+        for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+        for (int g = 0; g < 8; ++g) {
+            const __m512i w = _mm512_load_si512(reinterpret_cast<const void*>(pb + g * 64));
+            for (int t = 0; t < NT; ++t) {
+                int32_t four;
+                std::memcpy(&four, xq[t] + b * QK + g * 4, 4);
+                dot[t] = _mm512_dpbusd_epi32(dot[t], w, _mm512_set1_epi32(four));
+            }
+        }
+        const __m512 vdw = _mm512_load_ps(dw + b * 16);
+        for (int t = 0; t < NT; ++t) {
+            const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(xd[t][b]),
+                                             _mm512_set1_ps(offset * xs[t][b]));
+            acc[t] = _mm512_fmadd_ps(vdw, v, acc[t]);
+        }
+    }
+    const __mmask16 m = tail_mask16(rows);
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, m, acc[t]);
+}
+
+static void gemm_panel(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
+                       int rows, float* y, int64_t ldy) {
+    switch (nt) {
+        case 1: gemm_panel_nt<1>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 2: gemm_panel_nt<2>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 3: gemm_panel_nt<3>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 4: gemm_panel_nt<4>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 5: gemm_panel_nt<5>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 6: gemm_panel_nt<6>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 7: gemm_panel_nt<7>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        default: gemm_panel_nt<8>(nb, panel, dw, offset, x, rows, y, ldy); break;
+    }
+}
+
 #define L32_DISPATCH_NT(fn, ...)              \
     switch (nt) {                             \
         case 1: fn<1>(__VA_ARGS__); break;    \
@@ -186,7 +241,7 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, quantize_act,
+    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, quantize_act,
     dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
 };
 

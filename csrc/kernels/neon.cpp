@@ -177,7 +177,7 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 extern const KernelTable table = {
-    "neon", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, quantize_act,
+    "neon", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, quantize_act,
     dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
 };
 

@@ -105,8 +105,27 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
+static void gemm_panel(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
+                       int rows, float* y, int64_t ldy) {
+    for (int t = 0; t < nt; ++t) {
+        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
+        const float* xd = x.d + t * x.b_stride;
+        const float* xs = x.s + t * x.b_stride;
+        for (int r = 0; r < rows; ++r) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int32_t dot = 0;
+                for (int k = 0; k < QK; ++k)
+                    dot += int32_t(panel[b * 512 + (k / 4) * 64 + r * 4 + k % 4]) * int32_t(xq[b * QK + k]);
+                acc += dw[b * PANEL_ROWS + r] * (xd[b] * float(dot) - offset * xs[b]);
+            }
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
 extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, quantize_act,
+    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, quantize_act,
     dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
 };
 
