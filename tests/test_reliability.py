@@ -238,6 +238,26 @@ def test_interleaved_generators_match_serial():
     assert got_a == want_a
 
 
+def test_slots_are_shared_between_sessions_and_generate():
+    """max_sequences counts every KV slot: with one, either a session or a generation holds it, never both."""
+    model = sharp_model(max_sequences=1)
+    a, b = prompts(2)
+    want = greedy_ids(model, a)
+    with model.session() as s:
+        assert greedy_ids(model, b, session=s) == greedy_ids(sharp_model(), b)
+        with pytest.raises(RuntimeError, match="slot"):
+            model.generate_tokens(a, max_new_tokens=2, **GREEDY).__next__()
+        with pytest.raises(RuntimeError, match="slot"):
+            model.session()
+    assert greedy_ids(model, a) == want  # the lent default slot forgot its prefix: nothing stale is reused
+    gen = model.generate_tokens(a, max_new_tokens=24, **GREEDY)
+    next(gen)
+    with pytest.raises(RuntimeError, match="slot"):
+        model.session()
+    gen.close()
+    model.session().close()
+
+
 def test_close_while_threads_generate():
     model = sharp_model(max_sequences=N_THREADS + 1)
     ps = prompts()

@@ -20,18 +20,31 @@ import time
 from typing import Any, Sequence
 
 ARCHES = {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b"}
+# "q4_0-e4": q4_0 with the embedding/output table at 4 bits too (q4_0 keeps it at 8), to measure that trade.
+QUANTS = ["f32", "bf16", "q8_0", "q4_0", "q4_0-e4"]
+
+
+def _random_model(arch: str, quant: str, **kw: Any) -> Any:
+    from . import LlamaConfig, Model
+
+    if quant != "q4_0-e4":
+        return Model.random(ARCHES[arch], quant=quant, **kw)
+    from .loading.synthetic import random_tensors
+    from .model import tensor_plan
+
+    config = LlamaConfig.preset(ARCHES[arch])
+    plan = {name: "q4_0" for name in tensor_plan(config, "q4_0")}
+    return Model(config, random_tensors(config, plan, 0), quant="q4_0", plan=plan, **kw)
 
 
 def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
     """Runs inside the worker subprocess."""
     import numpy as np
 
-    from . import Model
     from .sampling import Sampler, SamplingParams
 
     t0 = time.perf_counter()
-    model = Model.random(ARCHES[arch], quant=quant, threads=threads, context_length=n_prompt + n_gen + 8,
-                         max_sequences=1)
+    model = _random_model(arch, quant, threads=threads, context_length=n_prompt + n_gen + 8, max_sequences=1)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     prompt = [int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)]
@@ -75,15 +88,50 @@ def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, rep
     }
 
 
-def _run_config(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
-    code = ("import json, sys; from llama32_native.bench import _measure; "
-            f"print('RESULT ' + json.dumps(_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats})))")
+def _measure_batch(arch: str, quant: str, threads: int, batches: Sequence[int], n_prompt: int, n_gen: int,
+                   repeats: int) -> dict[str, Any]:
+    """Aggregate decode tokens/s with B sequences advanced by one forward per step (one weight read for all)."""
+    import numpy as np
+
+    top = max(batches)
+    model = _random_model(arch, quant, threads=threads, context_length=n_prompt + n_gen + 8, max_sequences=top)
+    rng = np.random.default_rng(0)
+    sessions = [model.session() for _ in range(top)]
+    out: dict[str, Any] = {"arch": arch, "quant": quant, "threads": threads, "isa": model.isa, "n_prompt": n_prompt,
+                           "n_gen": n_gen, "repeats": repeats, "batch": {}}
+    for b in batches:
+        runs = []
+        for _ in range(repeats):
+            for s in sessions[:b]:  # prompts are prefilled untimed: this measures decode only
+                s.reset()
+                s.feed([int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)])
+            seq = np.asarray([s._slot for s in sessions[:b]], np.int32)
+            rows = np.arange(b, dtype=np.int32)
+            toks = np.asarray(rng.integers(0, model.config.n_vocab, b), np.int32)
+            t = time.perf_counter()
+            for step in range(n_gen):
+                pos = np.full(b, n_prompt + step, np.int32)
+                logits = model._forward(toks, pos, seq, rows)
+                toks = logits.argmax(axis=1).astype(np.int32)
+            runs.append(b * n_gen / (time.perf_counter() - t))
+        out["batch"][str(b)] = statistics.median(runs)
+    return out
+
+
+def _run_worker(call: str) -> dict[str, Any] | None:
+    code = f"import json; from llama32_native import bench; print('RESULT ' + json.dumps(bench.{call}))"
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    return {"arch": arch, "quant": quant, "threads": threads, "error": (r.stderr or r.stdout).strip()[-500:]}
+    print("# worker failed: " + (r.stderr or r.stdout).strip()[-500:], file=sys.stderr)
+    return None
+
+
+def _run_config(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
+    r = _run_worker(f"_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats})")
+    return r if r is not None else {"arch": arch, "quant": quant, "threads": threads, "error": "worker failed"}
 
 
 def bandwidth(threads: int) -> float:
@@ -109,6 +157,20 @@ def format_table(rows: Sequence[dict[str, Any]], bw: dict[int, float]) -> str:
     return "\n".join(lines)
 
 
+def format_batch_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Aggregate decode tokens/s per batch size, and the speed-up over batch 1."""
+    if not rows:
+        return "(no batched results)"
+    sizes = list(rows[0]["batch"])
+    head = f"{'arch':<5}{'quant':<8}{'thr':>4}" + "".join(f"{'B=' + b:>14}" for b in sizes)
+    lines = ["batched decode: aggregate tokens/s (x speed-up over B=1)", head, "-" * len(head)]
+    for r in rows:
+        one = r["batch"].get("1")
+        cells = "".join(f"{v:>8.1f} ({v / one:>3.1f}x)" if one else f"{v:>14.1f}" for v in r["batch"].values())
+        lines.append(f"{r['arch']:<5}{r['quant']:<8}{r['threads']:>4}{cells}")
+    return "\n".join(lines)
+
+
 def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     import matplotlib
 
@@ -129,12 +191,15 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="llama32-native bench", description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="+", default=["1b"], choices=sorted(ARCHES))
-    ap.add_argument("--quant", nargs="+", default=["q4_0", "q8_0"], choices=["f32", "bf16", "q8_0", "q4_0"])
+    ap.add_argument("--quant", nargs="+", default=["q4_0", "q8_0"], choices=QUANTS)
     ap.add_argument("--threads", nargs="+", type=int, default=[os.cpu_count() or 1])
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers", action="store_true", help="also run bench/peers.py (llama.cpp, PyTorch) if present")
+    ap.add_argument("--batch", nargs="*", type=int, default=[],
+                    help="also measure aggregate batched decode for these batch sizes (e.g. 1 2 4 8 16)")
+    ap.add_argument("--skip-single", action="store_true", help="only the batched-decode table (with --batch)")
     ap.add_argument("--json", default=None, help="write all results here")
     ap.add_argument("--plot", default=None, help="write a PNG bar chart here")
     a = ap.parse_args(argv)
@@ -144,21 +209,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     bw = {t: bandwidth(t) for t in sorted(set(a.threads))}
     print(f"# llama32_native bench: cpu={info['cpu']} isa={info['isa']} python={platform.python_version()}")
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {v / 1e9:.1f} GB/s" for t, v in bw.items()))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for arch in a.arch:
         for quant in a.quant:
             for t in a.threads:
+                if a.skip_single:
+                    continue
                 r = _run_config(arch, quant, t, a.n_prompt, a.n_gen, a.repeats)
                 r["engine"] = "ours"
                 rows.append(r)
                 print(format_table([r], bw).splitlines()[-1], flush=True)
     if a.peers:
         rows += _peer_rows(a, bw)
-    print()
-    print(format_table(rows, bw))
+    if rows:
+        print()
+        print(format_table(rows, bw))
+    batch_rows = []
+    if a.batch:
+        batches = sorted(set(a.batch))
+        for arch in a.arch:
+            for quant in a.quant:
+                for t in a.threads:
+                    call = f"_measure_batch({arch!r}, {quant!r}, {t}, {batches}, 64, {min(a.n_gen, 32)}, {a.repeats})"
+                    r = _run_worker(call)
+                    if r is not None:
+                        batch_rows.append(r)
+        print()
+        print(format_batch_table(batch_rows))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"system": info, "bandwidth": bw, "results": rows}, f, indent=1)
+            json.dump({"system": info, "bandwidth": bw, "results": rows, "batched_decode": batch_rows}, f, indent=1)
     if a.plot:
         plot(rows, a.plot)
     return 0

@@ -402,9 +402,13 @@ class Model:
     def _take_slot(self) -> int:
         with self._lock:
             self._check_open()
-            if not self._free_slots:
-                raise RuntimeError("no free sequence slot: close a session or raise max_sequences")
-            return self._free_slots.pop()
+            if self._free_slots:
+                return self._free_slots.pop()
+            if not self._default_busy:  # the last slot is the default one: lend it, forgetting what it cached
+                self._default_busy = True
+                self._default_tokens.clear()
+                return 0
+            raise RuntimeError("no free sequence slot: close a session or raise max_sequences")
 
     def _release_slot(self, slot: int) -> None:
         with self._lock:
