@@ -5,6 +5,7 @@ API key, queue limit, continuous batching and disconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -241,3 +242,115 @@ def test_disconnect_frees_slot(server) -> None:
     wait_idle(sched)
     assert sched.stats.requests_cancelled == cancelled + 1
     assert len(model._free_slots) == sched.capacity  # every slot is back
+
+
+# ---------------------------------------------------------------------- the chat page in a real browser
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+class _DevTools:
+    """A headless Chromium driven over the DevTools protocol (a websocket): navigate, evaluate, screenshot."""
+
+    def __init__(self, browser: str, profile: "Path") -> None:
+        import subprocess
+
+        from websockets.sync.client import connect
+
+        self.proc = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                      "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                                      "--remote-debugging-port=0", "--window-size=900,700", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert self.proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"]
+        self._stack = contextlib.ExitStack()
+        self.ws = self._stack.enter_context(connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30))
+        self.next_id = 0
+
+    def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    def js(self, expression: str) -> object:
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in r, r
+        return r["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.js(expression):
+            assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stack.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def test_chat_page_in_headless_chromium(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Chromium opens `/`, types a message and presses Send; the streamed answer must be the text the API gives
+    for the same request. A screenshot of the page is saved with the test's files."""
+    import base64
+
+    pytest.importorskip("websockets")
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium (Debian: apt-get install chromium)")
+    import llama32_native as l32
+    from llama32_native.server import ServerConfig, create_app, start_in_thread
+
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("page") / "tiny")
+    model = l32.Model.from_pretrained(path, quant="f32", context_length=256, max_sequences=4)
+    app = create_app(model, ServerConfig(model_name="tiny", max_tokens=64))
+    srv, thread, port = start_in_thread(app)
+    out = tmp_path_factory.mktemp("browser")
+    browser_session = None
+    try:
+        url = f"http://127.0.0.1:{port}"
+        turns = ["Hello there", "And again"]
+        history: list[dict[str, str]] = []
+        want = []
+        for text in turns:  # what the API answers for the same conversation, greedy
+            history.append({"role": "user", "content": text})
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                           json={"messages": history, "temperature": 0, "max_tokens": 12})
+            history.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+            want.append(history[-1]["content"])
+        browser_session = b = _DevTools(browser, out / "profile")
+        b.call("Page.enable")
+        b.call("Page.navigate", url=url + "/")
+        b.wait_for("document.readyState === 'complete' && document.getElementById('title').textContent === 'tiny'")
+        b.js("document.getElementById('temp').value = '0'; document.getElementById('maxtok').value = '12'")
+        for i, text in enumerate(turns, 1):  # two turns: the page sends the whole history each time
+            b.js(f"document.getElementById('input').value = {json.dumps(text)}; "
+                 "document.getElementById('send').click()")
+            b.wait_for(f"document.body.dataset.replies === '{i}'")
+        msgs = b.js("[...document.querySelectorAll('.msg')].map(e => [e.className, e.textContent])")
+        assert msgs == [["msg user", turns[0]], ["msg assistant", want[0]], ["msg user", turns[1]],
+                        ["msg assistant", want[1]]]
+        assert b.js("document.querySelectorAll('.error').length") == 0
+        assert b.js("document.getElementById('send').disabled") is False
+        png = base64.b64decode(b.call("Page.captureScreenshot", format="png")["data"])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        (out / "chat_page.png").write_bytes(png)
+        b.js("document.getElementById('reset').click()")
+        assert b.js("document.querySelectorAll('.msg').length") == 0
+    finally:
+        if browser_session is not None:
+            browser_session.close()
+        srv.should_exit = True
+        thread.join(10)
+        model.close()
