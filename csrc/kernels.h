@@ -47,6 +47,11 @@ struct KernelTable {
     void (*gemm_panel)(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
                        int rows, float* y, int64_t ldy);
 
+    // Causal attention of nq query vectors (contiguous, hd each) over keys 0..limit[u]-1 of one KV head, with K
+    // transposed (kt: hd rows of ldk) and V as [keys][hd], both f32; s: nq * lds scratch (kernels/attention_tile.h).
+    void (*attn_tile)(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
+                      const float* v, float* s, int64_t lds, float scale, float* out);
+
     // One activation row to int8 blocks: d = amax/127, q = rint(x/d), s = d * sum(q). Bit-exact across ISAs.
     void (*quantize_act)(int64_t n, const float* x, int8_t* q, float* d, float* s);
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #ifdef _OPENMP
@@ -230,50 +231,118 @@ size_t Engine::weight_bytes() const {
 }
 
 // Causal GQA attention for the batch rows over the cache: q in st_.q, output in st_.att.
-// A worker takes one (row, KV head) pair and serves the whole query group from one read of the K/V rows.
+// Runs of rows of one sequence at consecutive positions (a prompt) are split into tiles of ATT_TILE rows; a
+// worker takes a (tile, KV head) pair, converts the visible keys (transposed) and values to f32 once, and runs
+// the tile's query vectors of that KV head's group through attn_tile. Other rows (decode steps) take
+// attend_row: one read of the K/V rows serves the whole query group.
 void Engine::attention(int64_t layer, const int32_t* pos, const int32_t* seq, int64_t n) {
-    const int64_t H = cfg_.n_head, KH = cfg_.n_head_kv, hd = cfg_.head_dim, G = H / KH;
-    const float scale = 1.0f / std::sqrt(float(hd));
+    constexpr int64_t ATT_TILE = 32, MIN_RUN = 8;
+    const int64_t KH = cfg_.n_head_kv, hd = cfg_.head_dim, G = cfg_.n_head / KH;
+    std::vector<std::pair<int64_t, int64_t>> tiles;  // (first row, rows)
+    std::vector<int64_t> singles;
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && seq[j] == seq[i] && pos[j] == pos[j - 1] + 1) ++j;
+        if (j - i >= MIN_RUN) {
+            for (int64_t t = i; t < j; t += ATT_TILE) tiles.emplace_back(t, std::min(ATT_TILE, j - t));
+        } else {
+            for (int64_t t = i; t < j; ++t) singles.push_back(t);
+        }
+        i = j;
+    }
     int64_t max_len = 0;
     for (int64_t i = 0; i < n; ++i) max_len = std::max<int64_t>(max_len, int64_t(pos[i]) + 1);
-    st_.scores.resize(size_t(n_threads_) * size_t(G * max_len) * 4);
+    const int64_t ldk = (max_len + 15) / 16 * 16;
+    // per thread: K^T [hd][ldk], V [ldk][hd], queries and outputs [ATT_TILE*G][hd], scores [ATT_TILE*G][ldk]
+    const size_t tile_floats = tiles.empty() ? 0 : size_t(2 * hd * ldk + 2 * ATT_TILE * G * hd + ATT_TILE * G * ldk);
+    const size_t row_floats = size_t(G * max_len);
+    const size_t per_thread = std::max(tile_floats, row_floats);
+    st_.scores.resize(size_t(n_threads_) * per_thread * 4);
+
+#pragma omp parallel num_threads(n_threads_)
+    {
+        float* scratch = st_.scores.as<float>() + size_t(thread_id()) * per_thread;
+#pragma omp for schedule(dynamic, 1) collapse(2) nowait
+        for (int64_t ti = 0; ti < int64_t(tiles.size()); ++ti)
+            for (int64_t kh = 0; kh < KH; ++kh) attend_tile(layer, tiles[size_t(ti)].first, tiles[size_t(ti)].second,
+                                                            kh, pos, seq, ldk, scratch);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+        for (int64_t si = 0; si < int64_t(singles.size()); ++si)
+            for (int64_t kh = 0; kh < KH; ++kh) attend_row(layer, singles[size_t(si)], kh, pos, seq, scratch);
+    }
+}
+
+void Engine::attend_tile(int64_t layer, int64_t i0, int64_t m, int64_t kh, const int32_t* pos, const int32_t* seq,
+                         int64_t ldk, float* scratch) {
+    const int64_t H = cfg_.n_head, hd = cfg_.head_dim, G = H / cfg_.n_head_kv;
+    const KernelTable& k = *k_;
+    const bool f16 = kv_.type == WType::F16;
+    const int64_t L = int64_t(pos[i0 + m - 1]) + 1;  // keys the last row sees; earlier rows see fewer
+    float* kt = scratch;
+    float* v = kt + hd * ldk;
+    float* qb = v + ldk * hd;
+    float* ob = qb + m * G * hd;
+    float* sc = ob + m * G * hd;
+    for (int64_t j = 0; j < L; ++j) {
+        const uint8_t* krow = kv_.k.as<uint8_t>() + kv_.offset(layer, seq[i0], kh, j);
+        const uint8_t* vrow = kv_.v.as<uint8_t>() + kv_.offset(layer, seq[i0], kh, j);
+        float* vj = v + j * hd;
+        float* tmp = ob;  // ob is free until attn_tile writes it
+        std::fill(vj, vj + hd, 0.0f);
+        std::fill(tmp, tmp + hd, 0.0f);
+        if (f16) {  // y += 1 * x: the kernels' vector f16 -> f32 conversion, exact
+            k.axpy_f16(hd, 1.0f, reinterpret_cast<const uint16_t*>(vrow), vj);
+            k.axpy_f16(hd, 1.0f, reinterpret_cast<const uint16_t*>(krow), tmp);
+        } else {
+            std::memcpy(vj, vrow, size_t(hd) * 4);
+            std::memcpy(tmp, krow, size_t(hd) * 4);
+        }
+        for (int64_t d = 0; d < hd; ++d) kt[d * ldk + j] = tmp[d];
+    }
+    std::vector<int32_t> limit(size_t(m * G));
     const float* q = st_.q.as<float>();
+    for (int64_t r = 0; r < m; ++r)
+        for (int64_t g = 0; g < G; ++g) {
+            std::memcpy(qb + (r * G + g) * hd, q + (i0 + r) * H * hd + (kh * G + g) * hd, size_t(hd) * 4);
+            limit[r * G + g] = pos[i0 + r] + 1;
+        }
+    k.attn_tile(m * G, hd, qb, limit.data(), kt, ldk, v, sc, ldk, 1.0f / std::sqrt(float(hd)), ob);
     float* att = st_.att.as<float>();
+    for (int64_t r = 0; r < m; ++r)
+        std::memcpy(att + (i0 + r) * H * hd + kh * G * hd, ob + r * G * hd, size_t(G * hd) * 4);
+}
+
+void Engine::attend_row(int64_t layer, int64_t i, int64_t kh, const int32_t* pos, const int32_t* seq, float* sc) {
+    const int64_t H = cfg_.n_head, hd = cfg_.head_dim, G = H / cfg_.n_head_kv;
+    const float scale = 1.0f / std::sqrt(float(hd));
     const KernelTable& k = *k_;
     const bool f16 = kv_.type == WType::F16;
     const uint8_t* kbase = kv_.k.as<uint8_t>();
     const uint8_t* vbase = kv_.v.as<uint8_t>();
-
-#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) collapse(2)
-    for (int64_t i = 0; i < n; ++i) {
-        for (int64_t kh = 0; kh < KH; ++kh) {
-            const int64_t L = int64_t(pos[i]) + 1;
-            float* sc = st_.scores.as<float>() + size_t(thread_id()) * size_t(G * max_len);
-            const float* qg = q + i * H * hd + kh * G * hd;  // the G query heads of this KV head
-            for (int64_t j = 0; j < L; ++j) {
-                const void* krow = kbase + kv_.offset(layer, seq[i], kh, j);
-                for (int64_t g = 0; g < G; ++g)
-                    sc[g * L + j] = scale * (f16 ? k.dot_f32_f16(hd, qg + g * hd, static_cast<const uint16_t*>(krow))
-                                                 : k.dot_f32_f32(hd, qg + g * hd, static_cast<const float*>(krow)));
-            }
-            for (int64_t g = 0; g < G; ++g) {  // softmax in f32, max subtracted
-                float* s = sc + g * L;
-                float mx = -std::numeric_limits<float>::infinity();
-                for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[j]);
-                float sum = 0.0f;
-                for (int64_t j = 0; j < L; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
-                const float inv = 1.0f / sum;
-                for (int64_t j = 0; j < L; ++j) s[j] *= inv;
-            }
-            float* og = att + i * H * hd + kh * G * hd;
-            std::fill(og, og + G * hd, 0.0f);
-            for (int64_t j = 0; j < L; ++j) {
-                const void* vrow = vbase + kv_.offset(layer, seq[i], kh, j);
-                for (int64_t g = 0; g < G; ++g) {
-                    if (f16) k.axpy_f16(hd, sc[g * L + j], static_cast<const uint16_t*>(vrow), og + g * hd);
-                    else k.axpy_f32(hd, sc[g * L + j], static_cast<const float*>(vrow), og + g * hd);
-                }
-            }
+    const int64_t L = int64_t(pos[i]) + 1;
+    const float* qg = st_.q.as<float>() + i * H * hd + kh * G * hd;  // the G query heads of this KV head
+    for (int64_t j = 0; j < L; ++j) {
+        const void* krow = kbase + kv_.offset(layer, seq[i], kh, j);
+        for (int64_t g = 0; g < G; ++g)
+            sc[g * L + j] = scale * (f16 ? k.dot_f32_f16(hd, qg + g * hd, static_cast<const uint16_t*>(krow))
+                                         : k.dot_f32_f32(hd, qg + g * hd, static_cast<const float*>(krow)));
+    }
+    for (int64_t g = 0; g < G; ++g) {  // softmax in f32, max subtracted
+        float* s = sc + g * L;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[j]);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < L; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < L; ++j) s[j] *= inv;
+    }
+    float* og = st_.att.as<float>() + i * H * hd + kh * G * hd;
+    std::fill(og, og + G * hd, 0.0f);
+    for (int64_t j = 0; j < L; ++j) {
+        const void* vrow = vbase + kv_.offset(layer, seq[i], kh, j);
+        for (int64_t g = 0; g < G; ++g) {
+            if (f16) k.axpy_f16(hd, sc[g * L + j], static_cast<const uint16_t*>(vrow), og + g * hd);
+            else k.axpy_f32(hd, sc[g * L + j], static_cast<const float*>(vrow), og + g * hd);
         }
     }
 }

@@ -99,6 +99,9 @@ private:
     Matrix* find_matrix(const std::string& name, int64_t& rows, int64_t& cols);
     std::vector<float>* find_vector(const std::string& name, int64_t& n);
     void attention(int64_t layer, const int32_t* pos, const int32_t* seq, int64_t n);
+    void attend_tile(int64_t layer, int64_t i0, int64_t m, int64_t kh, const int32_t* pos, const int32_t* seq,
+                     int64_t ldk, float* scratch);
+    void attend_row(int64_t layer, int64_t i, int64_t kh, const int32_t* pos, const int32_t* seq, float* scores);
 
     Config cfg_;
     Weights w_;

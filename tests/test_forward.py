@@ -108,6 +108,9 @@ def test_forced_isa_gives_same_logits(forced, tmp_path):
         "    m = l32.Model(cfg, as_tensors(w), quant=q, threads=2, context_length=64, kv_cache='f32')\n"
         "    ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 200, 201, 202]\n"
         "    assert np.abs(m.logits(ids) - forward(cfg, w, ids)).max() < tol, q\n"
+        "long = [int(i) for i in np.random.default_rng(6).integers(0, cfg.n_vocab, 75)]\n"  # 3 attention tiles
+        "m = l32.Model(cfg, as_tensors(w), quant='f32', threads=2, context_length=128, kv_cache='f16')\n"
+        "assert np.abs(m.logits(long) - forward(cfg, w, long)).max() < 2e-3\n"
         "print('ok')\n"
     ) % (os.path.dirname(__file__), forced)
     env = dict(os.environ, LLAMA32_NATIVE_ISA=forced)

@@ -4,6 +4,7 @@
 
 #include "../common.h"
 #include "../kernels.h"
+#include "attention_tile.h"
 
 namespace l32 {
 namespace avx2 {
@@ -213,8 +214,13 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (; i < n; ++i) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
+static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
+                      const float* v, float* s, int64_t lds, float scale, float* out) {
+    attn_tile_body(nq, hd, q, limit, kt, ldk, v, s, lds, scale, out);
+}
+
 extern const KernelTable table = {
-    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, quantize_act,
+    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, attn_tile, quantize_act,
     dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
 };
 

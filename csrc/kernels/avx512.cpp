@@ -8,6 +8,7 @@
 #include "../common.h"
 #include "../formats.h"
 #include "../kernels.h"
+#include "attention_tile.h"
 
 namespace l32 {
 namespace avx512 {
@@ -240,8 +241,13 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     }
 }
 
+static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
+                      const float* v, float* s, int64_t lds, float scale, float* out) {
+    attn_tile_body(nq, hd, q, limit, kt, ldk, v, s, lds, scale, out);
+}
+
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, quantize_act,
+    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, attn_tile, quantize_act,
     dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
 };
 
