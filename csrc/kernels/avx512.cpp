@@ -8,7 +8,6 @@
 #include "../common.h"
 #include "../formats.h"
 #include "../kernels.h"
-#include "attention_tile.h"
 
 namespace l32 {
 namespace avx512 {
@@ -241,9 +240,93 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     }
 }
 
+// e^x for x <= 0 (softmax after the max is subtracted): x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor
+// polynomial (relative error < 2e-7), times 2^n by scalef.
+static inline __m512 exp_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// kernels/attention_tile.h with explicit registers: 4 queries x 16 keys of scores, then 4 queries x 64 dims of
+// output, accumulate in zmm registers while K^T / V rows stream by; the softmax is vectorized.
 static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
                       const float* v, float* s, int64_t lds, float scale, float* out) {
-    attn_tile_body(nq, hd, q, limit, kt, ldk, v, s, lds, scale, out);
+    constexpr int64_t QB = 4;
+    for (int64_t u0 = 0; u0 < nq; u0 += QB) {
+        const int64_t ub = nq - u0 < QB ? nq - u0 : QB;
+        int64_t lmax = 0;
+        for (int64_t uu = 0; uu < ub; ++uu) lmax = limit[u0 + uu] > lmax ? limit[u0 + uu] : lmax;
+        const float* qr[QB];
+        float* sr[QB];
+        for (int64_t uu = 0; uu < QB; ++uu) {
+            const int64_t u = u0 + (uu < ub ? uu : ub - 1);  // a short group repeats its last query
+            qr[uu] = q + u * hd;
+            sr[uu] = s + u * lds;
+        }
+        const __m512 vscale = _mm512_set1_ps(scale);
+        for (int64_t j0 = 0; j0 < lmax; j0 += 16) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < hd; ++d) {
+                const __m512 kv = _mm512_loadu_ps(kt + d * ldk + j0);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(qr[0][d]), kv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(qr[1][d]), kv, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(qr[2][d]), kv, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(qr[3][d]), kv, a3);
+            }
+            // stores in reverse so that a repeated tail query leaves the real one's scores
+            _mm512_storeu_ps(sr[3] + j0, _mm512_mul_ps(a3, vscale));
+            _mm512_storeu_ps(sr[2] + j0, _mm512_mul_ps(a2, vscale));
+            _mm512_storeu_ps(sr[1] + j0, _mm512_mul_ps(a1, vscale));
+            _mm512_storeu_ps(sr[0] + j0, _mm512_mul_ps(a0, vscale));
+        }
+        const int64_t lpad = (lmax + 15) / 16 * 16;
+        for (int64_t uu = 0; uu < ub; ++uu) {  // softmax over the query's own keys; the rest of the block is 0
+            float* su = sr[uu];
+            const int64_t L = limit[u0 + uu];
+            __m512 mx = _mm512_set1_ps(-3.0e38f);
+            for (int64_t j = 0; j < L; j += 16)
+                mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask16(L - j), su + j));
+            const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t j = 0; j < lpad; j += 16) {
+                const __mmask16 m = j < L ? tail_mask16(L - j) : __mmask16(0);
+                const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(su + j), vmx)));
+                sum = _mm512_add_ps(sum, e);
+                _mm512_storeu_ps(su + j, e);
+            }
+            const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+            for (int64_t j = 0; j < L; j += 16) _mm512_storeu_ps(su + j, _mm512_mul_ps(_mm512_loadu_ps(su + j), inv));
+        }
+        for (int64_t d0 = 0; d0 < hd; d0 += 64) {  // out = P V, 64 dims (4 zmm) x 4 queries at a time
+            __mmask16 m[4];
+            for (int c = 0; c < 4; ++c) m[c] = d0 + 16 * c < hd ? tail_mask16(hd - d0 - 16 * c) : __mmask16(0);
+            __m512 acc[QB][4];
+            for (int64_t uu = 0; uu < QB; ++uu)
+                for (int c = 0; c < 4; ++c) acc[uu][c] = _mm512_setzero_ps();
+            for (int64_t j = 0; j < lmax; ++j) {
+                const float* vj = v + j * hd + d0;
+                __m512 vv[4];
+                for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], vj + 16 * c);
+                for (int64_t uu = 0; uu < QB; ++uu) {
+                    const __m512 p = _mm512_set1_ps(sr[uu][j]);
+                    for (int c = 0; c < 4; ++c) acc[uu][c] = _mm512_fmadd_ps(p, vv[c], acc[uu][c]);
+                }
+            }
+            for (int64_t uu = 0; uu < ub; ++uu)
+                for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + (u0 + uu) * hd + d0 + 16 * c, m[c], acc[uu][c]);
+        }
+    }
 }
 
 extern const KernelTable table = {
