@@ -254,8 +254,10 @@ def _peer_rows(a: Any, bw: dict[int, float]) -> list[dict[str, Any]]:
         return []
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "peers.json")
+        # tg starts after the prompt, as ours does (llama-bench's tg128 would start from an empty cache)
         cmd = [sys.executable, script, "--arch", *a.arch, "--threads", *map(str, a.threads), "--n-prompt",
-               str(a.n_prompt), "--n-gen", str(a.n_gen), "--repeats", str(a.repeats), "--json", out]
+               str(a.n_prompt), "--n-gen", str(a.n_gen), "--repeats", str(a.repeats), "--tg-depth", str(a.n_prompt),
+               "--quant", "Q4_0", "Q4_0_E8", "Q8_0", "Q4_K_M", "bf16", "--json", out]
         subprocess.run(cmd, check=False)
         if not os.path.exists(out):
             return []
