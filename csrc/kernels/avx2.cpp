@@ -56,6 +56,8 @@ static inline __m256i madd_ones(__m256i p16) { return _mm256_madd_epi16(p16, _mm
 
 // q8_0: the codes are q+128. maddubs(u8, s8) would saturate on 255*127*2, so the kernel flips the codes
 // back to signed q and uses the sign trick: |q| * (x * sign(q)) fits int16. No offset to remove.
+constexpr int64_t PREFETCH_BYTES = 1024;
+
 template <int NT>
 static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
     const int64_t nb = n / 32;
@@ -63,6 +65,7 @@ static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Ac
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
+        _mm_prefetch(reinterpret_cast<const char*>(wq + b * 32) + PREFETCH_BYTES, _MM_HINT_T0);  // see avx512.cpp
         const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 32)), flip);
         const __m256i wabs = _mm256_sign_epi8(w, w);
         const float dw = _cvtsh_ss(wd[b]);
@@ -100,6 +103,7 @@ static void dot_q4_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Ac
     for (int t = 0; t < NT; ++t) { acc[t] = _mm256_setzero_ps(); corr[t] = 0.0f; }
     int64_t b = 0;
     for (; b + 1 < nb; b += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(wq + b * 16) + PREFETCH_BYTES, _MM_HINT_T0);
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 16));
         q4_block<NT>(_mm256_and_si256(v, low4), b, _cvtsh_ss(wd[b]), x, acc, corr);
         q4_block<NT>(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), b + 1, _cvtsh_ss(wd[b + 1]), x, acc, corr);

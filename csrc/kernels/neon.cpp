@@ -54,6 +54,7 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
     const int8x16_t eight = vdupq_n_s8(8);
     const uint8x16_t low4 = vdupq_n_u8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
+        __builtin_prefetch(wq + b * (Q4 ? 16 : 32) + 1024);  // keep DRAM busy with several rows (see avx512.cpp)
         int8x16_t w0, w1;  // the block's elements 0..15 and 16..31 as signed values
         if (Q4 && (b & 1) == 0 && b + 1 == nb) {  // trailing odd block, ggml order
             const uint8x16_t raw = vld1q_u8(wq + b * 16);
