@@ -11,7 +11,8 @@ from llama32_native.quant import dequantize, quantize_q4_0, quantize_q8_0
 # (rows, cols, tokens); from 32 tokens on quantized matmuls take the GEMM panel path (16-row panels, 8 tokens per
 # call): 33/65/3 rows leave partial panels, 4128 cols an odd trailing q4_0 block, 37/70 tokens a partial tile.
 SHAPES = [(1, 32, 1), (7, 64, 1), (33, 96, 5), (5, 4128, 3), (65, 160, 9), (3, 2080, 4),
-          (33, 96, 37), (65, 4128, 70), (3, 64, 32), (16, 2080, 40)]
+          (33, 96, 37), (65, 4128, 70), (3, 64, 32), (16, 2080, 40),
+          (32, 192, 8), (48, 256, 12)]  # full panels, even block counts: the vectorized repack
 
 
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
