@@ -421,6 +421,23 @@ def test_del_frees_engine_without_gc():
         gc.collect()
 
 
+def test_generated_weights_are_freed_while_loading():
+    """Model.random hands its arrays over one at a time (one copy of f32 weights, not two); a caller's dict is
+    never emptied."""
+    from llama32_native.loading.synthetic import GeneratedTensors, random_tensors
+    from llama32_native.model import tensor_plan
+
+    cfg = tiny_config()
+    plan = tensor_plan(cfg, "f32")
+    generated = random_tensors(cfg, plan, seed=3)
+    assert isinstance(generated, GeneratedTensors)
+    kept = dict(generated)
+    a = Model(cfg, generated, quant="f32", plan=plan, threads=1, context_length=32)
+    b = Model(cfg, kept, quant="f32", plan=plan, threads=1, context_length=32)
+    assert len(generated) == 0 and len(kept) > 0
+    np.testing.assert_array_equal(a.logits([1, 2, 3]), b.logits([1, 2, 3]))
+
+
 # ----------------------------------------------------------------------------- P1-P6 parameters
 
 BAD_SAMPLING: list[tuple[str, Any, type[Exception]]] = [

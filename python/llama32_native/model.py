@@ -23,6 +23,7 @@ from .errors import (
     TensorShapeError,
 )
 from .loading import Tensor
+from .loading.synthetic import GeneratedTensors
 
 QUANTS = ("f32", "bf16", "q8_0", "q4_0")
 KV_TYPES = ("f32", "f16")
@@ -295,6 +296,8 @@ class Model:
                 except _core.CoreError as e:
                     raise TensorShapeError(str(e)) from None
                 bar.update(int(t.data.nbytes))
+                if isinstance(tensors, GeneratedTensors):  # the engine has its copy: free ours now
+                    del tensors[name], t, data
             self._engine.finalize()
         finally:
             bar.close()

@@ -26,7 +26,12 @@ def _random_blocks(rng: np.random.Generator, rows: int, cols: int, kind: str) ->
     return out.reshape(rows, nb * bb)
 
 
-def random_tensors(config: LlamaConfig, plan: Mapping[str, str], seed: int = 0) -> dict[str, Tensor]:
+class GeneratedTensors(dict):
+    """Tensors that exist only to be loaded: a Model empties this dict as the engine takes each one, so random
+    f32 weights are never held twice (the 3B in f32 is 12.9 GB: two copies would not fit in 24 GiB)."""
+
+
+def random_tensors(config: LlamaConfig, plan: Mapping[str, str], seed: int = 0) -> GeneratedTensors:
     """Every tensor of `config` in the format `plan` names for it (f32 for anything unnamed)."""
     from ..model import matrix_names, vector_names
 
@@ -46,7 +51,7 @@ def random_tensors(config: LlamaConfig, plan: Mapping[str, str], seed: int = 0) 
             f"blk.{i}.ffn_up": (c.n_ff, c.n_embd),
             f"blk.{i}.ffn_down": (c.n_embd, c.n_ff),
         })
-    out: dict[str, Tensor] = {}
+    out = GeneratedTensors()
     half_width = WEIGHT_STD * np.sqrt(3.0)  # uniform [-a, a] has std a/sqrt(3)
     for name in matrix_names(c):
         rows, cols = shapes[name]
