@@ -27,19 +27,39 @@ static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, 
     for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
 }
 
+// Weight streams are prefetched this far ahead: with several activation rows per weight row (batched decode),
+// hardware prefetch alone left the bus idle between rows.
+constexpr int64_t PREFETCH_BYTES = 1024;
+
 template <int NT>
 static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
+    // Two accumulators per row (32 weights per step): one FMA chain per row would cap the kernel at one FMA per
+    // FMA latency, below the memory bus for bf16 weights. The weight stream is prefetched as in the int8 dots.
     const float* xr[NT];
-    __m512 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = _mm512_setzero_ps(); }
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask16(n - i);
-        // bf16 -> f32: widen to 32 bits and shift into the high half
-        const __m512i wi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i));
-        const __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(wi, 16));
-        for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xr[t] + i), acc[t]);
+    __m512 acc0[NT], acc1[NT];
+    for (int t = 0; t < NT; ++t) {
+        xr[t] = static_cast<const float*>(x.q) + t * x.q_stride;
+        acc0[t] = _mm512_setzero_ps();
+        acc1[t] = _mm512_setzero_ps();
     }
-    for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
+    // bf16 -> f32: widen to 32 bits and shift into the high half
+    const auto widen = [](__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); };
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + i) + PREFETCH_BYTES, _MM_HINT_T0);
+        const __m512 w0 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
+        const __m512 w1 = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i + 16)));
+        for (int t = 0; t < NT; ++t) {
+            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr[t] + i), acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr[t] + i + 16), acc1[t]);
+        }
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 wv = widen(_mm256_maskz_loadu_epi16(m, w + i));
+        for (int t = 0; t < NT; ++t) acc0[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xr[t] + i), acc0[t]);
+    }
+    for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
 }
 
 // Quantized dots, two blocks (64 codes) per step. vpdpbusd multiplies the unsigned weight codes by the
@@ -47,7 +67,6 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
 // activation block sums: dot = sum_b dw_b * (dx_b * idot_b - OFFSET * s_b).
 // Scales are handled 16 blocks at a time: S = dw * dx for 16 blocks, and a permute spreads the pair
 // (S_b, S_b+1) over the 8+8 int32 lanes that hold the two blocks' partial dots.
-constexpr int64_t PREFETCH_BYTES = 1024;
 
 template <int NT, bool Q4>
 static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
