@@ -26,7 +26,7 @@ def _random_blocks(rng: np.random.Generator, rows: int, cols: int, kind: str) ->
     return out.reshape(rows, nb * bb)
 
 
-class GeneratedTensors(dict):
+class GeneratedTensors(dict[str, Tensor]):
     """Tensors that exist only to be loaded: a Model empties this dict as the engine takes each one, so random
     f32 weights are never held twice (the 3B in f32 is 12.9 GB: two copies would not fit in 24 GiB)."""
 
