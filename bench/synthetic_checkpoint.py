@@ -25,9 +25,11 @@ import numpy as np
 
 try:
     from llama32_native.config import LlamaConfig
+    from llama32_native.tokenizer import _byte_level_alphabet
 except ImportError:  # running from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
     from llama32_native.config import LlamaConfig
+    from llama32_native.tokenizer import _byte_level_alphabet
 
 ARCHES = {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b"}
 CACHE_ROOT = Path(os.environ.get("LLAMA32_BENCH_CACHE", Path.home() / ".cache/llama32_native/bench"))
@@ -203,19 +205,6 @@ def _special_tokens(first_id: int) -> list[tuple[int, str]]:
             reserved += 1
         out.append((first_id + k, name))
     return out
-
-
-def _byte_level_alphabet() -> list[str]:
-    """GPT-2's bytes->unicode map: the 256 single-byte tokens of a byte-level BPE."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
 
 
 def write_tokenizer_files(out_dir: Path, cfg: LlamaConfig) -> None:
