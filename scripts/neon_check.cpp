@@ -82,20 +82,19 @@ void check_float_dots(const KernelTable& k, int64_t n, int nt) {
     std::vector<uint16_t> wb(n);
     for (int64_t i = 0; i < n; ++i) { uint32_t u; std::memcpy(&u, &w[i], 4); wb[i] = uint16_t(u >> 16); }
     float got[3 * MAX_NT], want[3 * MAX_NT];
+    const auto compare = [&](const char* what) {  // got/want hold rows t at stride 3
+        for (int t = 0; t < nt; ++t) {
+            float mag = 0;
+            for (int64_t i = 0; i < n; ++i) mag += std::fabs(w[i] * a.f[t * n + i]);
+            expect_close(what, n, nt, got[3 * t], want[3 * t], mag);
+        }
+    };
     k.dot_f32(n, w.data(), a.float_rows(), nt, got, 3);
     scalar::table.dot_f32(n, w.data(), a.float_rows(), nt, want, 3);
-    for (int t = 0; t < nt; ++t) {
-        float mag = 0;
-        for (int64_t i = 0; i < n; ++i) mag += std::fabs(w[i] * a.f[t * n + i]);
-        expect_close("dot_f32", n, nt, got[3 * t], want[3 * t], mag);
-    }
+    compare("dot_f32");
     k.dot_bf16(n, wb.data(), a.float_rows(), nt, got, 3);
     scalar::table.dot_bf16(n, wb.data(), a.float_rows(), nt, want, 3);
-    for (int t = 0; t < nt; ++t) {
-        float mag = 0;
-        for (int64_t i = 0; i < n; ++i) mag += std::fabs(w[i] * a.f[t * n + i]);
-        expect_close("dot_bf16", n, nt, got[3 * t], want[3 * t], mag);
-    }
+    compare("dot_bf16");
 }
 
 void check_quant_dots(const KernelTable& k, int64_t n, int nt) {
