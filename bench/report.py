@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
+
+try:
+    from llama32_native.bench import peer_row, plot
+except ImportError:  # running from a checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+    from llama32_native.bench import peer_row, plot
 
 GB = 1e9
 # llama.cpp format closest to each of ours: Q4_0_E8 stores the embedding/output table in Q8_0 like our q4_0.
@@ -33,17 +40,14 @@ def load(paths: list[str]) -> tuple[list[dict[str, Any]], dict[int, float], list
 
 
 def load_peers(path: str, kv_bytes: dict[str, float]) -> list[dict[str, Any]]:
-    d = json.load(open(path))
     out = []
-    for r in d["results"]:
-        if "tg_tps" not in r:
+    for r in json.load(open(path))["results"]:
+        row = peer_row(r)
+        if "error" in row:
             continue
-        engine = "PyTorch" if r["engine"] == "torch" else "llama.cpp"
-        out.append({"engine": engine, "arch": r["arch"], "quant": r["quant"], "threads": r["n_threads"],
-                    "pp_tok_s": r["pp_tps"], "tg_tok_s": r["tg_tps"], "load_s": r.get("load_s", float("nan")),
-                    "peak_rss_bytes": r.get("peak_rss_bytes", 0), "ttft_s": r.get("n_prompt", 512) / r["pp_tps"],
-                    "bytes_per_token": (r.get("file_bytes") or 0) + kv_bytes.get(r["arch"], 0.0),
-                    "foreign_cores": r.get("foreign_cores", 0.0)})
+        row["engine"] = "PyTorch" if row["engine"] == "torch" else "llama.cpp"
+        row["bytes_per_token"] += kv_bytes.get(row["arch"], 0.0)  # peers.py counts the file; add the KV reads
+        out.append(row)
     return out
 
 
@@ -110,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         print("Batched decode, aggregate tokens/s (speed-up over B=1):\n")
         print(batch_table(batched))
     if a.plot:
-        sys.path.insert(0, "python")
-        from llama32_native.bench import plot
-
         plot(rows, a.plot)
     return 0
 

@@ -280,10 +280,10 @@ def _peer_rows(a: Any, bw: dict[int, float]) -> list[dict[str, Any]]:
         if not os.path.exists(out):
             return []
         with open(out) as f:
-            return [_peer_row(r) for r in json.load(f)["results"]]
+            return [peer_row(r) for r in json.load(f)["results"]]
 
 
-def _peer_row(r: dict[str, Any]) -> dict[str, Any]:
+def peer_row(r: dict[str, Any]) -> dict[str, Any]:
     """A peers.py result in this module's row format."""
     quant = r.get("quant", "?")
     row = {"engine": r.get("engine", "peer"), "arch": r.get("arch", "?"), "quant": quant,
