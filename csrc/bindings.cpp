@@ -285,20 +285,37 @@ PYBIND11_MODULE(_core, m) {
         }
         return out;
     });
-    m.def("kernel_attention_ops", [](const std::string& isa, const f32_array& a, const f32_array& b, float alpha) {
-        // dot(a, b) with b in f32 and in f16, axpy in both, and the f16 conversion, on one ISA
+    m.def("kernel_attend", [](const std::string& isa, const std::string& kv_type, const f32_array& q,
+                              const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& limit,
+                              const f32_array& keys, const f32_array& values) {
+        // attend() on one ISA: keys/values [L, hd] stored into a one-stream cache of kv_type, queries [nq, hd]
         const KernelTable& k = kernel_table(isa);
-        const int64_t n = a.size();
-        L32_CHECK(b.size() == n, "a and b must have one length");
-        std::vector<uint16_t> bh(static_cast<size_t>(n));
-        k.f32_to_f16(n, b.data(), bh.data());
-        py::array_t<uint16_t> bh_out(n);
-        std::memcpy(bh_out.mutable_data(), bh.data(), size_t(n) * 2);
-        py::array_t<float> y32(n), y16(n);
-        std::memcpy(y32.mutable_data(), a.data(), size_t(n) * 4);
-        std::memcpy(y16.mutable_data(), a.data(), size_t(n) * 4);
-        k.axpy_f32(n, alpha, b.data(), y32.mutable_data());
-        k.axpy_f16(n, alpha, bh.data(), y16.mutable_data());
-        return py::make_tuple(k.dot_f32_f32(n, a.data(), b.data()), k.dot_f32_f16(n, a.data(), bh.data()), bh_out, y32, y16);
+        L32_CHECK(q.ndim() == 2 && keys.ndim() == 2 && values.ndim() == 2 && limit.ndim() == 1,
+                  "q, keys, values must be 2-D and limit 1-D");
+        const int64_t nq = q.shape(0), hd = q.shape(1), L = keys.shape(0);
+        L32_CHECK(keys.shape(1) == hd && values.shape(0) == L && values.shape(1) == hd && limit.shape(0) == nq,
+                  "shapes of q, limit, keys, values disagree");
+        KVLayout kv;
+        kv.type = wtype_from_name(kv_type);
+        kv.hd = hd;
+        L32_CHECK(kv.type == WType::F32 || kv.type == WType::F16 || (kv.type == WType::Q8_0 && hd % QK == 0),
+                  "kv_type must be f32, f16 or q8_0 (head_dim a multiple of 32)");
+        for (int64_t u = 0; u < nq; ++u) L32_CHECK(limit.at(u) >= 1 && limit.at(u) <= L, "limit out of range");
+        const int64_t cap = (L + KV_TILE - 1) / KV_TILE * KV_TILE;
+        AlignedBuffer kt, vr, scratch;
+        kt.resize(size_t(cap / KV_TILE) * kv.k_tile_bytes());
+        vr.resize(size_t(cap) * kv.v_row_bytes());
+        std::memset(kt.as<uint8_t>(), 0xff, kt.bytes);  // unwritten slots hold NaN patterns: they must not leak
+        std::memset(vr.as<uint8_t>(), 0xff, vr.bytes);
+        for (int64_t j = 0; j < L; ++j)
+            kv_store(k, kv, j, keys.data() + j * hd, values.data() + j * hd, kt.as<uint8_t>(), vr.as<uint8_t>());
+        scratch.resize(attend_scratch_floats(nq, hd) * 4);
+        py::array_t<float> out({nq, hd});
+        {
+            py::gil_scoped_release release;
+            attend(k, kv, nq, q.data(), limit.data(), kt.as<uint8_t>(), vr.as<uint8_t>(), scratch.as<float>(),
+                   out.mutable_data());
+        }
+        return out;
     });
 }

@@ -19,6 +19,10 @@ constexpr int MAX_NT = 4;
 constexpr int PANEL_ROWS = 16;
 constexpr int GEMM_NT = 8;  // activation rows per gemm_panel call
 
+// Attention reads the KV cache in blocks of ATT_KEYS keys; keys are stored in tiles of KV_TILE positions.
+constexpr int KV_TILE = 16;
+constexpr int ATT_KEYS = 128;
+
 // Activation rows for the dot kernels: row t starts at q + t*q_stride (int8 quants, or float/f32 values),
 // its block scales at d + t*b_stride and block sums (d * sum of quants) at s + t*b_stride.
 struct ActRows {
@@ -47,19 +51,21 @@ struct KernelTable {
     void (*gemm_panel)(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
                        int rows, float* y, int64_t ldy);
 
-    // Causal attention of nq query vectors (contiguous, hd each) over keys 0..limit[u]-1 of one KV head, with K
-    // transposed (kt: hd rows of ldk) and V as [keys][hd], both f32; s: nq * lds scratch (kernels/attention_tile.h).
-    void (*attn_tile)(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
-                      const float* v, float* s, int64_t lds, float scale, float* out);
+    // One block of keys of the KV cache (layout: model.h) as f32: nk keys (<= ATT_KEYS) starting at a K tile, from
+    // the ceil(nk/KV_TILE) K tiles at ktiles into kt (same tiled, transposed layout, f32) and the nk V rows at vrows
+    // into v [nk][hd]. kv_type: F32, F16 or Q8_0 (then hd is a multiple of 32).
+    void (*kv_to_f32)(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
+                      float* v);
+    // Folds one key block into the running softmax of nq queries (flash-attention style): query u (q + u*hd) sees
+    // keys j0 .. min(j0 + nk, limit[u]) - 1 of the block (kt, v as kv_to_f32 writes them); m[u], l[u] are its
+    // running max and sum of exp, o[u*hd ..] its unnormalized output. s: scratch of nq * ATT_KEYS floats.
+    void (*attn_block)(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
+                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o);
 
     // One activation row to int8 blocks: d = amax/127, q = rint(x/d), s = d * sum(q). Bit-exact across ISAs.
     void (*quantize_act)(int64_t n, const float* x, int8_t* q, float* d, float* s);
 
-    // Attention helpers over the KV cache (f32 or f16 rows).
-    float (*dot_f32_f32)(int64_t n, const float* a, const float* b);
-    float (*dot_f32_f16)(int64_t n, const float* a, const uint16_t* b);
-    void (*axpy_f32)(int64_t n, float a, const float* x, float* y);  // y += a*x
-    void (*axpy_f16)(int64_t n, float a, const uint16_t* x, float* y);
+    // f32 -> f16, round to nearest even (KV cache writes).
     void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y);
 };
 

@@ -38,20 +38,25 @@ Engine::Engine(Config cfg, int64_t n_ctx, int64_t n_seq, WType kv_type, int n_th
     set_threads(n_threads);
     L32_CHECK(n_ctx > 0 && n_ctx <= (int64_t(1) << 22), "context_length must be in [1, 4194304]");
     L32_CHECK(n_seq > 0 && n_seq <= 4096, "number of sequences must be in [1, 4096]");
-    L32_CHECK(kv_type == WType::F32 || kv_type == WType::F16, "kv_cache must be f32 or f16");
+    L32_CHECK(kv_type == WType::F32 || kv_type == WType::F16 || kv_type == WType::Q8_0,
+              "kv_cache must be f32, f16 or q8_0");
+    L32_CHECK(kv_type != WType::Q8_0 || cfg_.head_dim % QK == 0,
+              "kv_cache q8_0 needs head_dim to be a multiple of 32 (it is " + std::to_string(cfg_.head_dim) + ")");
     w_.layers.resize(size_t(cfg_.n_layer));
-    kv_.type = kv_type;
+    kv_.layout.type = kv_type;
+    kv_.layout.hd = cfg_.head_dim;
     kv_.n_layer = cfg_.n_layer;
     kv_.n_seq = n_seq;
     kv_.n_head_kv = cfg_.n_head_kv;
     kv_.n_ctx = n_ctx;
-    kv_.head_dim = cfg_.head_dim;
-    // checked size: layers * seqs * kv_dim * ctx * bytes, in long double to catch overflow
-    const long double bytes = (long double)cfg_.n_layer * n_seq * cfg_.kv_dim() * n_ctx * kv_.elem_bytes();
-    L32_CHECK(bytes < (long double)(int64_t(1) << 46), "KV cache size overflows");
+    // checked sizes: streams * positions * bytes per position, in long double to catch overflow
+    const long double streams = (long double)cfg_.n_layer * n_seq * cfg_.n_head_kv;
+    const long double kbytes = streams * (kv_.capacity() / KV_TILE) * kv_.layout.k_tile_bytes();
+    const long double vbytes = streams * kv_.capacity() * kv_.layout.v_row_bytes();
+    L32_CHECK(kbytes + vbytes < (long double)(int64_t(1) << 46), "KV cache size overflows");
     // aligned_alloc does not touch the pages: RSS grows only with the positions actually written.
-    kv_.k.resize(size_t(bytes));
-    kv_.v.resize(size_t(bytes));
+    kv_.k.resize(size_t(kbytes));
+    kv_.v.resize(size_t(vbytes));
 }
 
 void Engine::set_threads(int n) {
@@ -230,121 +235,45 @@ size_t Engine::weight_bytes() const {
     return total;
 }
 
-// Causal GQA attention for the batch rows over the cache: q in st_.q, output in st_.att.
-// Runs of rows of one sequence at consecutive positions (a prompt) are split into tiles of ATT_TILE rows; a
-// worker takes a (tile, KV head) pair, converts the visible keys (transposed) and values to f32 once, and runs
-// the tile's query vectors of that KV head's group through attn_tile. Other rows (decode steps) take
-// attend_row: one read of the K/V rows serves the whole query group.
+// Causal GQA attention for the batch rows over the cache: q in st_.q, output in st_.att. Adjacent rows of one
+// sequence (a prompt) form tiles of up to ATT_ROWS rows; a worker takes a (tile, KV head) pair and runs the
+// tile's queries of that KV head's group (ATT_ROWS * G of them) through attend(), so that every key block is
+// converted once for all of them. A decode step is a tile of one row: its G query heads share each read of K/V.
 void Engine::attention(int64_t layer, const int32_t* pos, const int32_t* seq, int64_t n) {
-    constexpr int64_t ATT_TILE = 32, MIN_RUN = 8;
-    const int64_t KH = cfg_.n_head_kv, hd = cfg_.head_dim, G = cfg_.n_head / KH;
+    constexpr int64_t ATT_ROWS = 32;
+    const int64_t H = cfg_.n_head, KH = cfg_.n_head_kv, hd = cfg_.head_dim, G = H / KH;
     std::vector<std::pair<int64_t, int64_t>> tiles;  // (first row, rows)
-    std::vector<int64_t> singles;
     for (int64_t i = 0; i < n;) {
         int64_t j = i + 1;
-        while (j < n && seq[j] == seq[i] && pos[j] == pos[j - 1] + 1) ++j;
-        if (j - i >= MIN_RUN) {
-            for (int64_t t = i; t < j; t += ATT_TILE) tiles.emplace_back(t, std::min(ATT_TILE, j - t));
-        } else {
-            for (int64_t t = i; t < j; ++t) singles.push_back(t);
-        }
+        while (j < n && j - i < ATT_ROWS && seq[j] == seq[i]) ++j;
+        tiles.emplace_back(i, j - i);
         i = j;
     }
-    int64_t max_len = 0;
-    for (int64_t i = 0; i < n; ++i) max_len = std::max<int64_t>(max_len, int64_t(pos[i]) + 1);
-    const int64_t ldk = (max_len + 15) / 16 * 16;
-    // per thread: K^T [hd][ldk], V [ldk][hd], queries and outputs [ATT_TILE*G][hd], scores [ATT_TILE*G][ldk]
-    const size_t tile_floats = tiles.empty() ? 0 : size_t(2 * hd * ldk + 2 * ATT_TILE * G * hd + ATT_TILE * G * ldk);
-    const size_t row_floats = size_t(G * max_len);
-    const size_t per_thread = std::max(tile_floats, row_floats);
-    st_.scores.resize(size_t(n_threads_) * per_thread * 4);
-
-#pragma omp parallel num_threads(n_threads_)
-    {
-        float* scratch = st_.scores.as<float>() + size_t(thread_id()) * per_thread;
-#pragma omp for schedule(dynamic, 1) collapse(2) nowait
-        for (int64_t ti = 0; ti < int64_t(tiles.size()); ++ti)
-            for (int64_t kh = 0; kh < KH; ++kh) attend_tile(layer, tiles[size_t(ti)].first, tiles[size_t(ti)].second,
-                                                            kh, pos, seq, ldk, scratch);
-#pragma omp for schedule(dynamic, 1) collapse(2)
-        for (int64_t si = 0; si < int64_t(singles.size()); ++si)
-            for (int64_t kh = 0; kh < KH; ++kh) attend_row(layer, singles[size_t(si)], kh, pos, seq, scratch);
-    }
-}
-
-void Engine::attend_tile(int64_t layer, int64_t i0, int64_t m, int64_t kh, const int32_t* pos, const int32_t* seq,
-                         int64_t ldk, float* scratch) {
-    const int64_t H = cfg_.n_head, hd = cfg_.head_dim, G = H / cfg_.n_head_kv;
-    const KernelTable& k = *k_;
-    const bool f16 = kv_.type == WType::F16;
-    const int64_t L = int64_t(pos[i0 + m - 1]) + 1;  // keys the last row sees; earlier rows see fewer
-    float* kt = scratch;
-    float* v = kt + hd * ldk;
-    float* qb = v + ldk * hd;
-    float* ob = qb + m * G * hd;
-    float* sc = ob + m * G * hd;
-    for (int64_t j = 0; j < L; ++j) {
-        const uint8_t* krow = kv_.k.as<uint8_t>() + kv_.offset(layer, seq[i0], kh, j);
-        const uint8_t* vrow = kv_.v.as<uint8_t>() + kv_.offset(layer, seq[i0], kh, j);
-        float* vj = v + j * hd;
-        float* tmp = ob;  // ob is free until attn_tile writes it
-        std::fill(vj, vj + hd, 0.0f);
-        std::fill(tmp, tmp + hd, 0.0f);
-        if (f16) {  // y += 1 * x: the kernels' vector f16 -> f32 conversion, exact
-            k.axpy_f16(hd, 1.0f, reinterpret_cast<const uint16_t*>(vrow), vj);
-            k.axpy_f16(hd, 1.0f, reinterpret_cast<const uint16_t*>(krow), tmp);
-        } else {
-            std::memcpy(vj, vrow, size_t(hd) * 4);
-            std::memcpy(tmp, krow, size_t(hd) * 4);
-        }
-        for (int64_t d = 0; d < hd; ++d) kt[d * ldk + j] = tmp[d];
-    }
-    std::vector<int32_t> limit(size_t(m * G));
+    const int64_t nq_max = ATT_ROWS * G;
+    // per thread: queries and outputs [nq][hd], limits, attend()'s scratch
+    const size_t per_thread = size_t(2 * nq_max * hd + nq_max) + attend_scratch_floats(nq_max, hd);
+    st_.scratch.resize(size_t(n_threads_) * per_thread * 4);
     const float* q = st_.q.as<float>();
-    for (int64_t r = 0; r < m; ++r)
-        for (int64_t g = 0; g < G; ++g) {
-            std::memcpy(qb + (r * G + g) * hd, q + (i0 + r) * H * hd + (kh * G + g) * hd, size_t(hd) * 4);
-            limit[r * G + g] = pos[i0 + r] + 1;
-        }
-    k.attn_tile(m * G, hd, qb, limit.data(), kt, ldk, v, sc, ldk, 1.0f / std::sqrt(float(hd)), ob);
     float* att = st_.att.as<float>();
-    for (int64_t r = 0; r < m; ++r)
-        std::memcpy(att + (i0 + r) * H * hd + kh * G * hd, ob + r * G * hd, size_t(G * hd) * 4);
-}
 
-void Engine::attend_row(int64_t layer, int64_t i, int64_t kh, const int32_t* pos, const int32_t* seq, float* sc) {
-    const int64_t H = cfg_.n_head, hd = cfg_.head_dim, G = H / cfg_.n_head_kv;
-    const float scale = 1.0f / std::sqrt(float(hd));
-    const KernelTable& k = *k_;
-    const bool f16 = kv_.type == WType::F16;
-    const uint8_t* kbase = kv_.k.as<uint8_t>();
-    const uint8_t* vbase = kv_.v.as<uint8_t>();
-    const int64_t L = int64_t(pos[i]) + 1;
-    const float* qg = st_.q.as<float>() + i * H * hd + kh * G * hd;  // the G query heads of this KV head
-    for (int64_t j = 0; j < L; ++j) {
-        const void* krow = kbase + kv_.offset(layer, seq[i], kh, j);
-        for (int64_t g = 0; g < G; ++g)
-            sc[g * L + j] = scale * (f16 ? k.dot_f32_f16(hd, qg + g * hd, static_cast<const uint16_t*>(krow))
-                                         : k.dot_f32_f32(hd, qg + g * hd, static_cast<const float*>(krow)));
-    }
-    for (int64_t g = 0; g < G; ++g) {  // softmax in f32, max subtracted
-        float* s = sc + g * L;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < L; ++j) mx = std::max(mx, s[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < L; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < L; ++j) s[j] *= inv;
-    }
-    float* og = st_.att.as<float>() + i * H * hd + kh * G * hd;
-    std::fill(og, og + G * hd, 0.0f);
-    for (int64_t j = 0; j < L; ++j) {
-        const void* vrow = vbase + kv_.offset(layer, seq[i], kh, j);
-        for (int64_t g = 0; g < G; ++g) {
-            if (f16) k.axpy_f16(hd, sc[g * L + j], static_cast<const uint16_t*>(vrow), og + g * hd);
-            else k.axpy_f32(hd, sc[g * L + j], static_cast<const float*>(vrow), og + g * hd);
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) collapse(2)
+    for (int64_t ti = 0; ti < int64_t(tiles.size()); ++ti)
+        for (int64_t kh = 0; kh < KH; ++kh) {
+            float* qb = st_.scratch.as<float>() + size_t(thread_id()) * per_thread;
+            float* ob = qb + nq_max * hd;
+            int32_t* limit = reinterpret_cast<int32_t*>(ob + nq_max * hd);
+            float* scratch = ob + nq_max * hd + nq_max;
+            const int64_t i0 = tiles[size_t(ti)].first, m = tiles[size_t(ti)].second;
+            for (int64_t r = 0; r < m; ++r)
+                for (int64_t g = 0; g < G; ++g) {
+                    std::memcpy(qb + (r * G + g) * hd, q + (i0 + r) * H * hd + (kh * G + g) * hd, size_t(hd) * 4);
+                    limit[r * G + g] = pos[i0 + r] + 1;
+                }
+            attend(*k_, kv_.layout, m * G, qb, limit, kv_.ktiles(layer, seq[i0], kh), kv_.vrows(layer, seq[i0], kh),
+                   scratch, ob);
+            for (int64_t r = 0; r < m; ++r)
+                std::memcpy(att + (i0 + r) * H * hd + kh * G * hd, ob + r * G * hd, size_t(G * hd) * 4);
         }
-    }
 }
 
 void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* seq, int64_t n,
@@ -406,20 +335,12 @@ void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* s
         // RoPE on q and k; the cache keeps rotated keys
         rope(q, n, c.n_head, hd, cs, nt);
         rope(kk, n, c.n_head_kv, hd, cs, nt);
+        // different (row, head) pairs write different tile columns and V rows
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2) if (n > 1)
         for (int64_t i = 0; i < n; ++i)
-            for (int64_t h = 0; h < c.n_head_kv; ++h) {
-                uint8_t* kd = kv_.k.as<uint8_t>() + kv_.offset(l, seq[i], h, pos[i]);
-                uint8_t* vd = kv_.v.as<uint8_t>() + kv_.offset(l, seq[i], h, pos[i]);
-                const float* ks = kk + i * kvd + h * hd;
-                const float* vs = vv + i * kvd + h * hd;
-                if (kv_.type == WType::F16) {
-                    k.f32_to_f16(hd, ks, reinterpret_cast<uint16_t*>(kd));
-                    k.f32_to_f16(hd, vs, reinterpret_cast<uint16_t*>(vd));
-                } else {
-                    std::memcpy(kd, ks, size_t(hd) * 4);
-                    std::memcpy(vd, vs, size_t(hd) * 4);
-                }
-            }
+            for (int64_t h = 0; h < c.n_head_kv; ++h)
+                kv_store(k, kv_.layout, pos[i], kk + i * kvd + h * hd, vv + i * kvd + h * hd, kv_.ktiles(l, seq[i], h),
+                         kv_.vrows(l, seq[i], h));
         // o = softmax(q k^T / sqrt(hd)) v per head, causal; h = h + Wo o
         attention(l, pos, seq, n);
         in.prepare(k, att, n, qd, L.wo.type == WType::Q8_0 || L.wo.type == WType::Q4_0, nt);

@@ -12,6 +12,7 @@
 
 #include "formats.h"
 #include "kernels.h"
+#include "ops.h"
 
 namespace l32 {
 
@@ -43,20 +44,27 @@ struct Weights {
     std::vector<Layer> layers;
 };
 
-// Keys and values after RoPE, per layer: (n_seq, n_head_kv, n_ctx, head_dim), f32 or f16.
+// Keys (after RoPE) and values: one stream per (layer, sequence, KV head) in the KVLayout of ops.h, room for
+// n_ctx positions rounded up to whole K tiles.
 struct KVCache {
-    WType type = WType::F16;
-    int64_t n_layer = 0, n_seq = 0, n_head_kv = 0, n_ctx = 0, head_dim = 0;
+    KVLayout layout;
+    int64_t n_layer = 0, n_seq = 0, n_head_kv = 0, n_ctx = 0;
     AlignedBuffer k, v;
-    size_t elem_bytes() const { return type == WType::F32 ? 4 : 2; }
-    size_t offset(int64_t layer, int64_t seq, int64_t head, int64_t pos) const {
-        return ((((size_t(layer) * n_seq + seq) * n_head_kv + head) * n_ctx + pos) * head_dim) * elem_bytes();
+    int64_t capacity() const { return (n_ctx + KV_TILE - 1) / KV_TILE * KV_TILE; }
+    size_t stream(int64_t layer, int64_t seq, int64_t head) const {
+        return (size_t(layer) * size_t(n_seq) + size_t(seq)) * size_t(n_head_kv) + size_t(head);
+    }
+    uint8_t* ktiles(int64_t layer, int64_t seq, int64_t head) {
+        return k.as<uint8_t>() + stream(layer, seq, head) * size_t(capacity() / KV_TILE) * layout.k_tile_bytes();
+    }
+    uint8_t* vrows(int64_t layer, int64_t seq, int64_t head) {
+        return v.as<uint8_t>() + stream(layer, seq, head) * size_t(capacity()) * layout.v_row_bytes();
     }
 };
 
 // Activation buffers, grown on demand and reused across calls.
 struct RunState {
-    AlignedBuffer x, xb, q, k, v, att, hb, hb2, logits, rope_cs, scores;  // see forward() for shapes
+    AlignedBuffer x, xb, q, k, v, att, hb, hb2, logits, rope_cs, scratch;  // see forward() and attention()
 };
 
 // Converts a [rows, cols] source (f32/f16/bf16 elements or plain q8_0/q4_0 blocks) into an in-memory matrix of
@@ -99,9 +107,6 @@ private:
     Matrix* find_matrix(const std::string& name, int64_t& rows, int64_t& cols);
     std::vector<float>* find_vector(const std::string& name, int64_t& n);
     void attention(int64_t layer, const int32_t* pos, const int32_t* seq, int64_t n);
-    void attend_tile(int64_t layer, int64_t i0, int64_t m, int64_t kh, const int32_t* pos, const int32_t* seq,
-                     int64_t ldk, float* scratch);
-    void attend_row(int64_t layer, int64_t i, int64_t kh, const int32_t* pos, const int32_t* seq, float* scores);
 
     Config cfg_;
     Weights w_;

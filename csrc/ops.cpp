@@ -290,4 +290,75 @@ void embed_row(const Matrix& w, int64_t row, float* out) {
     }
 }
 
+size_t KVLayout::k_tile_bytes() const {
+    const size_t e = size_t(hd) * KV_TILE;
+    return type == WType::F32 ? e * 4 : type == WType::F16 ? e * 2 : e + size_t(hd / QK) * KV_TILE * 2;
+}
+
+size_t KVLayout::v_row_bytes() const {
+    return type == WType::F32 ? size_t(hd) * 4 : type == WType::F16 ? size_t(hd) * 2 : size_t(hd / QK) * sizeof(block_q8_0);
+}
+
+void kv_store(const KernelTable& k, const KVLayout& kv, int64_t pos, const float* key, const float* value,
+              uint8_t* ktiles, uint8_t* vrows) {
+    const int64_t hd = kv.hd, jj = pos % KV_TILE;
+    uint8_t* tile = ktiles + size_t(pos / KV_TILE) * kv.k_tile_bytes();
+    uint8_t* vrow = vrows + size_t(pos) * kv.v_row_bytes();
+    if (kv.type == WType::F32) {
+        float* t = reinterpret_cast<float*>(tile);
+        for (int64_t d = 0; d < hd; ++d) t[d * KV_TILE + jj] = key[d];
+        std::memcpy(vrow, value, size_t(hd) * 4);
+    } else if (kv.type == WType::F16) {
+        uint16_t h[256];  // keys go through the vector conversion in pieces, then into their column
+        uint16_t* t = reinterpret_cast<uint16_t*>(tile);
+        for (int64_t d0 = 0; d0 < hd; d0 += 256) {
+            const int64_t n = std::min<int64_t>(256, hd - d0);
+            k.f32_to_f16(n, key + d0, h);
+            for (int64_t d = 0; d < n; ++d) t[(d0 + d) * KV_TILE + jj] = h[d];
+        }
+        k.f32_to_f16(hd, value, reinterpret_cast<uint16_t*>(vrow));
+    } else {
+        const int64_t nb = hd / QK;
+        int8_t* codes = reinterpret_cast<int8_t*>(tile);
+        uint16_t* scales = reinterpret_cast<uint16_t*>(tile + size_t(hd) * KV_TILE);
+        for (int64_t b = 0; b < nb; ++b) {
+            block_q8_0 blk;
+            quantize_row_q8_0_ref(key + b * QK, &blk, QK);
+            scales[b * KV_TILE + jj] = blk.d;
+            for (int e = 0; e < QK; ++e) codes[(b * QK + e) * KV_TILE + jj] = blk.qs[e];
+        }
+        quantize_row_q8_0_ref(value, reinterpret_cast<block_q8_0*>(vrow), hd);
+    }
+}
+
+size_t attend_scratch_floats(int64_t nq, int64_t hd) { return size_t(2 * ATT_KEYS * hd + nq * ATT_KEYS + 2 * nq); }
+
+void attend(const KernelTable& k, const KVLayout& kv, int64_t nq, const float* q, const int32_t* limit,
+            const uint8_t* ktiles, const uint8_t* vrows, float* scratch, float* out) {
+    const int64_t hd = kv.hd;
+    float* kt = scratch;
+    float* v = kt + ATT_KEYS * hd;
+    float* s = v + ATT_KEYS * hd;
+    float* m = s + nq * ATT_KEYS;
+    float* l = m + nq;
+    int64_t L = 0;
+    for (int64_t u = 0; u < nq; ++u) {
+        L = std::max<int64_t>(L, limit[u]);
+        m[u] = -INFINITY;
+        l[u] = 0.0f;
+    }
+    std::fill(out, out + nq * hd, 0.0f);
+    const float scale = 1.0f / std::sqrt(float(hd));
+    for (int64_t j0 = 0; j0 < L; j0 += ATT_KEYS) {
+        const int64_t nk = std::min<int64_t>(ATT_KEYS, L - j0);
+        k.kv_to_f32(int(kv.type), hd, nk, ktiles + size_t(j0 / KV_TILE) * kv.k_tile_bytes(),
+                    vrows + size_t(j0) * kv.v_row_bytes(), kt, v);
+        k.attn_block(nq, hd, q, limit, j0, nk, kt, v, scale, s, m, l, out);
+    }
+    for (int64_t u = 0; u < nq; ++u) {
+        const float inv = 1.0f / l[u];
+        for (int64_t d = 0; d < hd; ++d) out[u * hd + d] *= inv;
+    }
+}
+
 }  // namespace l32

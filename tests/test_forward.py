@@ -20,6 +20,7 @@ CONFIGS = {
     "gqa3": dict(n_head=6, n_head_kv=2, n_embd=96),
     "untied": dict(tie_word_embeddings=False),
     "noscale": dict(rope_scaling=None),
+    "hd32": dict(n_embd=128, head_dim=32),  # head_dim a multiple of 32: the q8_0 KV cache applies
 }
 
 
@@ -40,10 +41,10 @@ def test_forward_matches_reference_f32(name):
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kv", ["f32", "f16"])
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8_0"])
 def test_incremental_decode_equals_batched(kv):
     """Feeding a prompt at once, or in chunks, or token by token gives the same logits (the KV cache)."""
-    model, _, cfg = _model("gqa", kv_cache=kv)
+    model, _, cfg = _model("hd32" if kv == "q8_0" else "gqa", kv_cache=kv)
     ids = list(np.random.default_rng(3).integers(0, cfg.n_vocab, 20))
     full = model.logits(ids)
     with model.session() as s:
@@ -54,6 +55,23 @@ def test_incremental_decode_equals_batched(kv):
     tol = 1e-5 if kv == "f32" else 2e-3
     for k, lg in enumerate(steps):
         np.testing.assert_allclose(lg, full[12 + k], atol=tol)
+
+
+@pytest.mark.parametrize("kv,nmse_max", [("f16", 1e-6), ("q8_0", 1e-4)])
+def test_reduced_kv_cache_close_to_reference(kv, nmse_max):
+    """Over a prompt longer than one attention key block (128), the f16/q8_0 caches stay close to the f32 math."""
+    model, w, cfg = _model("hd32", kv_cache=kv)
+    ids = list(np.random.default_rng(6).integers(0, cfg.n_vocab, 200))
+    got = model.logits(ids)
+    ref = ref_forward(cfg, w, ids)
+    assert float(((got - ref) ** 2).sum() / (ref**2).sum()) < nmse_max
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+
+
+def test_q8_0_kv_cache_needs_head_dim_multiple_of_32():
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match="q8_0 needs head_dim to be a multiple of 32"):
+        l32.Model(cfg, as_tensors(random_weights(cfg, seed=1)), quant="f32", kv_cache="q8_0", context_length=16)
 
 
 @pytest.mark.parametrize("quant,tol", [("bf16", 2e-2), ("q8_0", 5e-2), ("q4_0", 0.35)])

@@ -104,18 +104,55 @@ def test_activation_quantizer_bit_exact_across_isas(isa, n):
     np.testing.assert_array_equal(d, dref)
 
 
-@pytest.mark.parametrize("n", [1, 7, 16, 63, 64, 65, 128, 4097])
-def test_attention_helpers(isa, n):
-    rng = np.random.default_rng(n)
-    a = rng.standard_normal(n).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    d32, d16, bh, y32, y16 = _core.kernel_attention_ops(isa, a, b, 0.75)
-    np.testing.assert_array_equal(bh, b.astype(np.float16).view(np.uint16))  # RNE f16 conversion
-    b16 = b.astype(np.float16).astype(np.float64)
-    assert abs(d32 - float(a.astype(np.float64) @ b)) < 1e-4 * max(1.0, np.sqrt(n))
-    assert abs(d16 - float(a.astype(np.float64) @ b16)) < 1e-4 * max(1.0, np.sqrt(n))
-    np.testing.assert_allclose(y32, a + np.float32(0.75) * b, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(y16, a + 0.75 * b16, rtol=1e-6, atol=1e-6)
+def _attention_f64(q, limit, keys, values):
+    hd = q.shape[1]
+    out = np.zeros(q.shape)
+    for u in range(q.shape[0]):
+        s = keys[: limit[u]] @ q[u] / np.sqrt(hd)
+        p = np.exp(s - s.max())
+        out[u] = (p / p.sum()) @ values[: limit[u]]
+    return out
+
+
+def _stored_f64(x: np.ndarray, kv: str) -> np.ndarray:
+    """What a KV cache of type kv holds for rows x, in float64."""
+    if kv == "f32":
+        return x.astype(np.float64)
+    if kv == "f16":
+        return x.astype(np.float16).astype(np.float64)
+    return dequantize(quantize_q8_0(x), "q8_0", x.shape[1]).astype(np.float64)
+
+
+# (queries, head_dim, keys): one key, partial K tiles, exactly one key block (128), several blocks with a partial
+# last one, a query group of 3 (GQA 24/8) and of 96 (a prefill tile), head_dim 64/128 and one not a multiple of 16
+ATTEND_CASES = [(1, 64, 1), (3, 128, 17), (4, 64, 128), (5, 128, 300), (96, 128, 161), (7, 32, 129), (2, 48, 40)]
+
+
+@pytest.mark.parametrize("kv,nq,hd,L", [(kv, *c) for kv in ("f32", "f16", "q8_0") for c in ATTEND_CASES
+                                        if kv != "q8_0" or c[1] % 32 == 0])
+def test_attend(isa, kv, nq, hd, L):
+    rng = np.random.default_rng(nq * 1000 + L)
+    q = rng.standard_normal((nq, hd)).astype(np.float32) * 2
+    keys = rng.standard_normal((L, hd)).astype(np.float32)
+    values = rng.standard_normal((L, hd)).astype(np.float32)
+    # causal limits as in a prompt tile, plus the first and last key
+    limit = np.clip(L - np.arange(nq)[::-1] * 37, 1, L).astype(np.int32)
+    limit[0] = 1
+    out = _core.kernel_attend(isa, kv, q, limit, keys, values)
+    ref = _attention_f64(q.astype(np.float64), limit, _stored_f64(keys, kv), _stored_f64(values, kv))
+    assert np.isfinite(out).all()  # slots past the last key hold NaN patterns; none may leak
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
+    if isa != "scalar":
+        np.testing.assert_allclose(out, _core.kernel_attend("scalar", kv, q, limit, keys, values), rtol=2e-5, atol=2e-5)
+
+
+def test_attend_rejects_bad_input():
+    q = np.zeros((2, 64), np.float32)
+    kv = np.zeros((4, 64), np.float32)
+    with pytest.raises(ValueError, match="limit out of range"):
+        _core.kernel_attend("scalar", "f16", q, np.array([0, 4], np.int32), kv, kv)
+    with pytest.raises(ValueError, match="kv_type"):
+        _core.kernel_attend("scalar", "q4_0", q, np.array([1, 4], np.int32), kv, kv)
 
 
 def test_forcing_an_unknown_isa_is_an_error():

@@ -173,42 +173,11 @@ static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* 
     }
 }
 
-static float dot_f32_f32(int64_t n, const float* a, const float* b) {
-    __m256 acc = _mm256_setzero_ps();
+static void f16_row(int64_t n, const uint16_t* x, float* y) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    float r = hsum8(acc);
-    for (; i < n; ++i) r += a[i] * b[i];
-    return r;
-}
-
-static float dot_f32_f16(int64_t n, const float* a, const uint16_t* b) {
-    __m256 acc = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 bv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + i)));
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), bv, acc);
-    }
-    float r = hsum8(acc);
-    for (; i < n; ++i) r += a[i] * _cvtsh_ss(b[i]);
-    return r;
-}
-
-static void axpy_f32(int64_t n, float a, const float* x, float* y) {
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += a * x[i];
-}
-
-static void axpy_f16(int64_t n, float a, const uint16_t* x, float* y) {
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i)));
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(y + i)));
-    }
-    for (; i < n; ++i) y[i] += a * _cvtsh_ss(x[i]);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+    for (; i < n; ++i) y[i] = _cvtsh_ss(x[i]);
 }
 
 static void to_f16(int64_t n, const float* x, uint16_t* y) {
@@ -218,14 +187,18 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (; i < n; ++i) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
-                      const float* v, float* s, int64_t lds, float scale, float* out) {
-    attn_tile_body(nq, hd, q, limit, kt, ldk, v, s, lds, scale, out);
+static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
+                      float* v) {
+    kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
+}
+
+static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
+                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o) {
+    attn_block_body(nq, hd, q, limit, j0, nk, kt, v, scale, s, m, l, o);
 }
 
 extern const KernelTable table = {
-    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, attn_tile, quantize_act,
-    dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
+    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, kv_to_f32, attn_block, quantize_act, to_f16,
 };
 
 }  // namespace avx2

@@ -8,6 +8,7 @@
 #include "../common.h"
 #include "../formats.h"
 #include "../kernels.h"
+#include "attention_tile.h"
 
 namespace l32 {
 namespace avx512 {
@@ -220,40 +221,16 @@ static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* 
     }
 }
 
-static float dot_f32_f32(int64_t n, const float* a, const float* b) {
-    __m512 acc = _mm512_setzero_ps();
+static void f16_row(int64_t n, const uint16_t* x, float* y) {
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
-static float dot_f32_f16(int64_t n, const float* a, const uint16_t* b) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask16(n - i);
-        const __m512 bv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + i));
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), bv, acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
-static void axpy_f32(int64_t n, float a, const float* x, float* y) {
-    const __m512 va = _mm512_set1_ps(a);
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask16(n - i);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)));
     }
 }
 
-static void axpy_f16(int64_t n, float a, const uint16_t* x, float* y) {
-    const __m512 va = _mm512_set1_ps(a);
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask16(n - i);
-        const __m512 xv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xv, _mm512_maskz_loadu_ps(m, y + i)));
-    }
+static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
+                      float* v) {
+    kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
 }
 
 static void to_f16(int64_t n, const float* x, uint16_t* y) {
@@ -282,80 +259,95 @@ static inline __m512 exp_nonpositive(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// kernels/attention_tile.h with explicit registers: 4 queries x 16 keys of scores, then 4 queries x 64 dims of
-// output, accumulate in zmm registers while K^T / V rows stream by; the softmax is vectorized.
-static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
-                      const float* v, float* s, int64_t lds, float scale, float* out) {
+// kernels/attention_tile.h's attn_block with explicit registers: 4 queries x 16 keys of scores, then 4 queries x 64
+// dims of output, accumulated in zmm registers while K^T tiles / V rows stream by; the softmax is vectorized.
+static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
+                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o) {
     constexpr int64_t QB = 4;
+    const __m512 vscale = _mm512_set1_ps(scale);
     for (int64_t u0 = 0; u0 < nq; u0 += QB) {
         const int64_t ub = nq - u0 < QB ? nq - u0 : QB;
-        int64_t lmax = 0;
-        for (int64_t uu = 0; uu < ub; ++uu) lmax = limit[u0 + uu] > lmax ? limit[u0 + uu] : lmax;
+        int64_t vis[QB], lmax = 0;
+        for (int64_t uu = 0; uu < QB; ++uu) {
+            vis[uu] = uu < ub ? visible_keys(limit[u0 + uu], j0, nk) : 0;
+            lmax = vis[uu] > lmax ? vis[uu] : lmax;
+        }
+        if (lmax == 0) continue;
         const float* qr[QB];
         float* sr[QB];
         for (int64_t uu = 0; uu < QB; ++uu) {
             const int64_t u = u0 + (uu < ub ? uu : ub - 1);  // a short group repeats its last query
             qr[uu] = q + u * hd;
-            sr[uu] = s + u * lds;
+            sr[uu] = s + u * ATT_KEYS;
         }
-        const __m512 vscale = _mm512_set1_ps(scale);
-        for (int64_t j0 = 0; j0 < lmax; j0 += 16) {
+        for (int64_t j = 0; j < lmax; j += 16) {
+            const float* tile = kt + (j / 16) * hd * 16;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t d = 0; d < hd; ++d) {
-                const __m512 kv = _mm512_loadu_ps(kt + d * ldk + j0);
+                const __m512 kv = _mm512_loadu_ps(tile + d * 16);
                 a0 = _mm512_fmadd_ps(_mm512_set1_ps(qr[0][d]), kv, a0);
                 a1 = _mm512_fmadd_ps(_mm512_set1_ps(qr[1][d]), kv, a1);
                 a2 = _mm512_fmadd_ps(_mm512_set1_ps(qr[2][d]), kv, a2);
                 a3 = _mm512_fmadd_ps(_mm512_set1_ps(qr[3][d]), kv, a3);
             }
             // stores in reverse so that a repeated tail query leaves the real one's scores
-            _mm512_storeu_ps(sr[3] + j0, _mm512_mul_ps(a3, vscale));
-            _mm512_storeu_ps(sr[2] + j0, _mm512_mul_ps(a2, vscale));
-            _mm512_storeu_ps(sr[1] + j0, _mm512_mul_ps(a1, vscale));
-            _mm512_storeu_ps(sr[0] + j0, _mm512_mul_ps(a0, vscale));
+            _mm512_storeu_ps(sr[3] + j, _mm512_mul_ps(a3, vscale));
+            _mm512_storeu_ps(sr[2] + j, _mm512_mul_ps(a2, vscale));
+            _mm512_storeu_ps(sr[1] + j, _mm512_mul_ps(a1, vscale));
+            _mm512_storeu_ps(sr[0] + j, _mm512_mul_ps(a0, vscale));
         }
-        const int64_t lpad = (lmax + 15) / 16 * 16;
-        for (int64_t uu = 0; uu < ub; ++uu) {  // softmax over the query's own keys; the rest of the block is 0
+        // online softmax per query: p = e^(s - m_new) on its visible keys, 0 on the rest up to lmax (a select, so
+        // that scores of unwritten cache slots never reach the output); the old sum and output scale by e^(m - m_new)
+        __m512 corr[QB];
+        for (int64_t uu = 0; uu < QB; ++uu) {
+            corr[uu] = _mm512_set1_ps(1.0f);
+            if (uu >= ub) continue;
             float* su = sr[uu];
-            const int64_t L = limit[u0 + uu];
-            __m512 mx = _mm512_set1_ps(-3.0e38f);
-            for (int64_t j = 0; j < L; j += 16)
-                mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask16(L - j), su + j));
-            const __m512 vmx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            const int64_t c = vis[uu], u = u0 + uu;
+            if (c == 0) {
+                for (int64_t j = 0; j < lmax; j += 16) _mm512_storeu_ps(su + j, _mm512_setzero_ps());
+                continue;
+            }
+            __m512 mx = _mm512_set1_ps(m[u]);
+            for (int64_t j = 0; j < c; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, tail_mask16(c - j), su + j));
+            const float mnew = _mm512_reduce_max_ps(mx);
+            const __m512 vmx = _mm512_set1_ps(mnew);
             __m512 sum = _mm512_setzero_ps();
-            for (int64_t j = 0; j < lpad; j += 16) {
-                const __mmask16 m = j < L ? tail_mask16(L - j) : __mmask16(0);
-                const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(su + j), vmx)));
+            for (int64_t j = 0; j < lmax; j += 16) {
+                const __mmask16 k = j < c ? tail_mask16(c - j) : __mmask16(0);
+                const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(su + j), vmx)));
                 sum = _mm512_add_ps(sum, e);
                 _mm512_storeu_ps(su + j, e);
             }
-            const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-            for (int64_t j = 0; j < L; j += 16) _mm512_storeu_ps(su + j, _mm512_mul_ps(_mm512_loadu_ps(su + j), inv));
+            corr[uu] = exp_nonpositive(_mm512_set1_ps(m[u] - mnew));
+            l[u] = l[u] * _mm512_cvtss_f32(corr[uu]) + _mm512_reduce_add_ps(sum);
+            m[u] = mnew;
         }
-        for (int64_t d0 = 0; d0 < hd; d0 += 64) {  // out = P V, 64 dims (4 zmm) x 4 queries at a time
-            __mmask16 m[4];
-            for (int c = 0; c < 4; ++c) m[c] = d0 + 16 * c < hd ? tail_mask16(hd - d0 - 16 * c) : __mmask16(0);
+        for (int64_t d0 = 0; d0 < hd; d0 += 64) {  // o = corr * o + P V, 64 dims (4 zmm) x 4 queries at a time
+            __mmask16 mk[4];
+            for (int c = 0; c < 4; ++c) mk[c] = d0 + 16 * c < hd ? tail_mask16(hd - d0 - 16 * c) : __mmask16(0);
             __m512 acc[QB][4];
             for (int64_t uu = 0; uu < QB; ++uu)
-                for (int c = 0; c < 4; ++c) acc[uu][c] = _mm512_setzero_ps();
+                for (int c = 0; c < 4; ++c)
+                    acc[uu][c] = uu < ub ? _mm512_mul_ps(corr[uu], _mm512_maskz_loadu_ps(mk[c], o + (u0 + uu) * hd + d0 + 16 * c))
+                                         : _mm512_setzero_ps();
             for (int64_t j = 0; j < lmax; ++j) {
                 const float* vj = v + j * hd + d0;
                 __m512 vv[4];
-                for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], vj + 16 * c);
+                for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], vj + 16 * c);
                 for (int64_t uu = 0; uu < QB; ++uu) {
                     const __m512 p = _mm512_set1_ps(sr[uu][j]);
                     for (int c = 0; c < 4; ++c) acc[uu][c] = _mm512_fmadd_ps(p, vv[c], acc[uu][c]);
                 }
             }
             for (int64_t uu = 0; uu < ub; ++uu)
-                for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + (u0 + uu) * hd + d0 + 16 * c, m[c], acc[uu][c]);
+                for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(o + (u0 + uu) * hd + d0 + 16 * c, mk[c], acc[uu][c]);
         }
     }
 }
 
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, attn_tile, quantize_act,
-    dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
+    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, kv_to_f32, attn_block, quantize_act, to_f16,
 };
 
 }  // namespace avx512

@@ -136,40 +136,10 @@ static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* 
     }
 }
 
-static float dot_f32_f32(int64_t n, const float* a, const float* b) {
-    float32x4_t acc = vdupq_n_f32(0.0f);
+static void f16_row(int64_t n, const uint16_t* x, float* y) {
     int64_t i = 0;
-    for (; i + 4 <= n; i += 4) acc = vfmaq_f32(acc, vld1q_f32(a + i), vld1q_f32(b + i));
-    float r = vaddvq_f32(acc);
-    for (; i < n; ++i) r += a[i] * b[i];
-    return r;
-}
-
-static float dot_f32_f16(int64_t n, const float* a, const uint16_t* b) {
-    float32x4_t acc = vdupq_n_f32(0.0f);
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float32x4_t bv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(b + i)));
-        acc = vfmaq_f32(acc, vld1q_f32(a + i), bv);
-    }
-    float r = vaddvq_f32(acc);
-    for (; i < n; ++i) r += a[i] * f16_to_f32(b[i]);
-    return r;
-}
-
-static void axpy_f32(int64_t n, float a, const float* x, float* y) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
-    for (; i < n; ++i) y[i] += a * x[i];
-}
-
-static void axpy_f16(int64_t n, float a, const uint16_t* x, float* y) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float32x4_t xv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i)));
-        vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), xv, a));
-    }
-    for (; i < n; ++i) y[i] += a * f16_to_f32(x[i]);
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+    for (; i < n; ++i) y[i] = f16_to_f32(x[i]);
 }
 
 static void to_f16(int64_t n, const float* x, uint16_t* y) {
@@ -178,14 +148,18 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
-static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
-                      const float* v, float* s, int64_t lds, float scale, float* out) {
-    attn_tile_body(nq, hd, q, limit, kt, ldk, v, s, lds, scale, out);
+static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
+                      float* v) {
+    kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
+}
+
+static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
+                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o) {
+    attn_block_body(nq, hd, q, limit, j0, nk, kt, v, scale, s, m, l, o);
 }
 
 extern const KernelTable table = {
-    "neon", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, attn_tile, quantize_act,
-    dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
+    "neon", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, kv_to_f32, attn_block, quantize_act, to_f16,
 };
 
 }  // namespace neon

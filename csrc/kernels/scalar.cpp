@@ -82,24 +82,8 @@ static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* 
     }
 }
 
-static float dot_f32_f32(int64_t n, const float* a, const float* b) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-    return acc;
-}
-
-static float dot_f32_f16(int64_t n, const float* a, const uint16_t* b) {
-    float acc = 0.0f;
-    for (int64_t i = 0; i < n; ++i) acc += a[i] * f16_to_f32(b[i]);
-    return acc;
-}
-
-static void axpy_f32(int64_t n, float a, const float* x, float* y) {
-    for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-static void axpy_f16(int64_t n, float a, const uint16_t* x, float* y) {
-    for (int64_t i = 0; i < n; ++i) y[i] += a * f16_to_f32(x[i]);
+static void f16_row(int64_t n, const uint16_t* x, float* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] = f16_to_f32(x[i]);
 }
 
 static void to_f16(int64_t n, const float* x, uint16_t* y) {
@@ -125,14 +109,18 @@ static void gemm_panel(int64_t nb, const uint8_t* panel, const float* dw, float 
     }
 }
 
-static void attn_tile(int64_t nq, int64_t hd, const float* q, const int32_t* limit, const float* kt, int64_t ldk,
-                      const float* v, float* s, int64_t lds, float scale, float* out) {
-    attn_tile_body(nq, hd, q, limit, kt, ldk, v, s, lds, scale, out);
+static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
+                      float* v) {
+    kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
+}
+
+static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
+                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o) {
+    attn_block_body(nq, hd, q, limit, j0, nk, kt, v, scale, s, m, l, o);
 }
 
 extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, attn_tile, quantize_act,
-    dot_f32_f32, dot_f32_f16, axpy_f32, axpy_f16, to_f16,
+    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, kv_to_f32, attn_block, quantize_act, to_f16,
 };
 
 }  // namespace scalar

@@ -31,7 +31,8 @@ def _add_load_args(p: argparse.ArgumentParser, quant_default: str | None = "q4_0
                    help="in-memory weight format (default: %(default)s; a saved model keeps its own)")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: physical cores)")
     p.add_argument("--ctx", type=int, default=4096, help="context length to reserve (default: %(default)s)")
-    p.add_argument("--kv-cache", choices=("f16", "f32"), default="f16", help="KV cache type (default: f16)")
+    p.add_argument("--kv-cache", choices=("f16", "f32", "q8_0"), default="f16",
+                   help="KV cache type (default: f16; q8_0 halves its memory)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:

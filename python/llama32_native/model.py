@@ -26,7 +26,7 @@ from .loading import Tensor
 from .loading.synthetic import GeneratedTensors
 
 QUANTS = ("f32", "bf16", "q8_0", "q4_0")
-KV_TYPES = ("f32", "f16")
+KV_TYPES = ("f32", "f16", "q8_0")
 PREFILL_CHUNK = 512  # rows per forward call while feeding a long prompt: bounds activation memory
 Prompt = Union[str, Sequence[int]]
 
