@@ -3,6 +3,7 @@
 //   scripts/neon_check.cpp csrc/kernels/neon.cpp csrc/kernels/scalar.cpp csrc/formats.cpp -o neon_check
 // Run: qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu ./neon_check   (scripts/qemu_isa.sh does both)
 // Exit status 0 when every case is within tolerance (quantize_act and f32_to_f16 must be bit-exact).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "formats.h"
 #include "kernels.h"
 
 using namespace l32;
@@ -124,24 +126,63 @@ void check_quantize(const KernelTable& k, int64_t n) {
     for (int64_t b = 0; b < n / 32; ++b) expect_close("quantize_act.s", n, 1, s1[b], s2[b], std::fabs(s2[b]) + d2[b] * 32);
 }
 
-void check_attention(const KernelTable& k, int64_t n) {
-    const std::vector<float> a = randn(n), b = randn(n);
+// kv_to_f32 (exact: bit-equal to scalar) on random tiles of every cache type, then attn_block over the key blocks of
+// a causal query tile; m, l and the unnormalized output must agree with scalar.
+void check_attention(const KernelTable& k, int64_t nq, int64_t hd, int64_t L) {
+    const int64_t ntile = (L + KV_TILE - 1) / KV_TILE;
+    const std::vector<float> q = randn(nq * hd);
+    std::vector<int32_t> limit(nq);
+    for (int64_t u = 0; u < nq; ++u) limit[u] = int32_t(std::max<int64_t>(1, L - (nq - 1 - u) * 13));
+    for (int type : {int(WType::F32), int(WType::F16), int(WType::Q8_0)}) {
+        if (type == int(WType::Q8_0) && hd % 32) continue;
+        const size_t e = size_t(hd) * KV_TILE;
+        const size_t kt_bytes = type == int(WType::F32) ? e * 4 : type == int(WType::F16) ? e * 2 : e + hd / 32 * KV_TILE * 2;
+        const size_t v_bytes = type == int(WType::F32) ? hd * 4 : type == int(WType::F16) ? hd * 2 : hd / 32 * 34;
+        std::vector<uint8_t> kt = randbytes(ntile * kt_bytes), vr = randbytes(ntile * KV_TILE * v_bytes);
+        // random bytes are fine for int8 codes; floats and f16 scales get finite values
+        const auto fill_f16 = [&](uint8_t* p, int64_t n) {
+            const std::vector<float> f = randn(n, 0.5f);
+            scalar::table.f32_to_f16(n, f.data(), reinterpret_cast<uint16_t*>(p));
+        };
+        if (type == int(WType::F32)) {
+            std::vector<float> f = randn(kt.size() / 4); std::memcpy(kt.data(), f.data(), kt.size());
+            f = randn(vr.size() / 4); std::memcpy(vr.data(), f.data(), vr.size());
+        } else if (type == int(WType::F16)) {
+            fill_f16(kt.data(), kt.size() / 2);
+            fill_f16(vr.data(), vr.size() / 2);
+        } else {
+            for (int64_t t = 0; t < ntile; ++t) fill_f16(kt.data() + t * kt_bytes + e, hd / 32 * KV_TILE);
+            for (int64_t r = 0; r < ntile * KV_TILE * hd / 32; ++r) fill_f16(vr.data() + r * 34, 1);
+        }
+        std::vector<float> kf1(ATT_KEYS * hd), kf2(ATT_KEYS * hd), vf1(ATT_KEYS * hd), vf2(ATT_KEYS * hd);
+        std::vector<float> s(nq * ATT_KEYS), m1(nq, -INFINITY), m2(nq, -INFINITY), l1(nq, 0), l2(nq, 0);
+        std::vector<float> o1(nq * hd, 0), o2(nq * hd, 0);
+        for (int64_t j0 = 0; j0 < L; j0 += ATT_KEYS) {
+            const int64_t nk = std::min<int64_t>(ATT_KEYS, L - j0);
+            const uint8_t* kp = kt.data() + j0 / KV_TILE * kt_bytes;
+            const uint8_t* vp = vr.data() + j0 * v_bytes;
+            k.kv_to_f32(type, hd, nk, kp, vp, kf1.data(), vf1.data());
+            scalar::table.kv_to_f32(type, hd, nk, kp, vp, kf2.data(), vf2.data());
+            const int64_t nkt = (nk + KV_TILE - 1) / KV_TILE * KV_TILE;
+            expect_equal_bytes("kv_to_f32.k", nk, kf1.data(), kf2.data(), size_t(nkt * hd) * 4);
+            expect_equal_bytes("kv_to_f32.v", nk, vf1.data(), vf2.data(), size_t(nk * hd) * 4);
+            k.attn_block(nq, hd, q.data(), limit.data(), j0, nk, kf2.data(), vf2.data(), 0.125f, s.data(), m1.data(), l1.data(), o1.data());
+            scalar::table.attn_block(nq, hd, q.data(), limit.data(), j0, nk, kf2.data(), vf2.data(), 0.125f, s.data(), m2.data(), l2.data(), o2.data());
+        }
+        for (int64_t u = 0; u < nq; ++u) {
+            expect_close("attn_block.m", L, int(nq), m1[u], m2[u], std::fabs(m2[u]) + 1);
+            expect_close("attn_block.l", L, int(nq), l1[u], l2[u], l2[u]);
+            for (int64_t d = 0; d < hd; ++d) expect_close("attn_block.o", L, int(nq), o1[u * hd + d], o2[u * hd + d], l2[u] * 4);
+        }
+    }
+}
+
+void check_f16(const KernelTable& k, int64_t n) {
+    const std::vector<float> b = randn(n);
     std::vector<uint16_t> bh(n), bh2(n);
     k.f32_to_f16(n, b.data(), bh.data());
     scalar::table.f32_to_f16(n, b.data(), bh2.data());
     expect_equal_bytes("f32_to_f16", n, bh.data(), bh2.data(), 2 * n);
-    float mag = 0;
-    for (int64_t i = 0; i < n; ++i) mag += std::fabs(a[i] * b[i]);
-    expect_close("dot_f32_f32", n, 1, k.dot_f32_f32(n, a.data(), b.data()), scalar::table.dot_f32_f32(n, a.data(), b.data()), mag);
-    expect_close("dot_f32_f16", n, 1, k.dot_f32_f16(n, a.data(), bh2.data()), scalar::table.dot_f32_f16(n, a.data(), bh2.data()), mag + 1e-3f * n);
-    std::vector<float> y1 = randn(n), y2 = y1;
-    k.axpy_f32(n, 0.37f, a.data(), y1.data());
-    scalar::table.axpy_f32(n, 0.37f, a.data(), y2.data());
-    for (int64_t i = 0; i < n; ++i) expect_close("axpy_f32", n, 1, y1[i], y2[i], std::fabs(y2[i]) + 1);
-    y1 = randn(n); y2 = y1;
-    k.axpy_f16(n, -1.25f, bh2.data(), y1.data());
-    scalar::table.axpy_f16(n, -1.25f, bh2.data(), y2.data());
-    for (int64_t i = 0; i < n; ++i) expect_close("axpy_f16", n, 1, y1[i], y2[i], std::fabs(y2[i]) + 1);
 }
 
 }  // namespace
@@ -155,7 +196,10 @@ int main() {
         for (int64_t n : {32, 64, 96, 2048, 4096, 8192})
             for (int nt = 1; nt <= MAX_NT; ++nt) check_quant_dots(k, n, nt);
         for (int64_t n : {32, 64, 96, 2048, 4096}) check_quantize(k, n);
-        for (int64_t n : {1, 3, 7, 8, 9, 16, 63, 64, 65, 128, 4097}) check_attention(k, n);
+        for (int64_t n : {1, 3, 7, 8, 9, 16, 63, 64, 65, 128, 4097}) check_f16(k, n);
+        for (int64_t nq : {1, 3, 4, 7, 96})
+            for (int64_t hd : {32, 48, 64, 128})
+                for (int64_t L : {1, 17, 128, 300}) check_attention(k, nq, hd, L);
     }
     std::printf("%d checks, %d failures\n", checks, failures);
     return failures == 0 ? 0 : 1;

@@ -137,9 +137,9 @@ static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* 
 }
 
 static void f16_row(int64_t n, const uint16_t* x, float* y) {
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
-    for (; i < n; ++i) y[i] = f16_to_f32(x[i]);
+    const int64_t n4 = n / 4 * 4;
+    for (int64_t i = 0; i < n4; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i))));
+    for (int64_t i = n4; i < n; ++i) y[i] = f16_to_f32(x[i]);
 }
 
 static void to_f16(int64_t n, const float* x, uint16_t* y) {
