@@ -19,6 +19,11 @@ constexpr int MAX_NT = 4;
 constexpr int PANEL_ROWS = 16;
 constexpr int GEMM_NT = 8;  // activation rows per gemm_panel call
 
+// Float weights (f32/bf16) with 8+ activation rows: FGEMM_ROWS weight rows x FGEMM_NT activation rows per call, the
+// accumulators of the whole tile in registers, so one load of a weight vector feeds FGEMM_NT FMAs.
+constexpr int FGEMM_ROWS = 4;
+constexpr int FGEMM_NT = 6;
+
 // Attention reads the KV cache in blocks of ATT_KEYS keys; keys are stored in tiles of KV_TILE positions.
 constexpr int KV_TILE = 16;
 constexpr int ATT_KEYS = 128;
@@ -50,6 +55,14 @@ struct KernelTable {
     // (<= PANEL_ROWS), t < nt (<= GEMM_NT); nb blocks. nullptr in a table: matmul then uses the dot kernels.
     void (*gemm_panel)(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
                        int rows, float* y, int64_t ldy);
+
+    // y[t * ldy + r] = dot(weight row r, activation row t) for r < rows (<= FGEMM_ROWS), t < nt (<= FGEMM_NT); weight
+    // rows are wstride elements apart, activation rows (f32) x.q_stride floats apart. bf16 weights are widened
+    // exactly: the math is f32 as in dot_bf16. nullptr in a table: matmul then uses the dot kernels.
+    void (*gemm_f32)(int64_t n, const float* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                     int64_t ldy);
+    void (*gemm_bf16)(int64_t n, const uint16_t* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                      int64_t ldy);
 
     // One block of keys of the KV cache (layout: model.h) as f32: nk keys (<= ATT_KEYS) starting at a K tile, from
     // the ceil(nk/KV_TILE) K tiles at ktiles into kt (same tiled, transposed layout, f32) and the nk V rows at vrows

@@ -185,10 +185,40 @@ static void matmul_panels(const KernelTable& k, const Matrix& w, const MatmulInp
     }
 }
 
+// f32/bf16 weights with many activation rows: a thread's block of weight rows stays in L2 while the activations
+// pass over it FGEMM_NT rows at a time (those stay in L1), FGEMM_ROWS x FGEMM_NT outputs per kernel call.
+static void matmul_float(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy,
+                         int n_threads) {
+    const int64_t R = w.rows, K = w.cols, T = in.T;
+    const size_t row_bytes = w.row_bytes();
+    const int64_t per_thread = (R + n_threads - 1) / n_threads;
+    const int64_t fit = std::max<int64_t>(1, int64_t((256 << 10) / std::max<size_t>(row_bytes, 1)) / FGEMM_ROWS);
+    const int64_t row_block = FGEMM_ROWS * std::min<int64_t>((per_thread + FGEMM_ROWS - 1) / FGEMM_ROWS, fit);
+    const int64_t n_blocks = (R + row_block - 1) / row_block;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+        const int64_t r0 = blk * row_block, r1 = std::min(R, r0 + row_block);
+        for (int64_t t = 0; t < T; t += FGEMM_NT) {
+            const int nt = int(std::min<int64_t>(FGEMM_NT, T - t));
+            const ActRows xt{in.x + t * K, nullptr, nullptr, K, 0};
+            for (int64_t r = r0; r < r1; r += FGEMM_ROWS) {
+                const int rows = int(std::min<int64_t>(FGEMM_ROWS, r1 - r));
+                float* out = y + t * ldy + r;
+                if (w.type == WType::F32)
+                    k.gemm_f32(K, w.data.as<float>() + r * K, K, rows, xt, nt, out, ldy);
+                else
+                    k.gemm_bf16(K, w.data.as<uint16_t>() + r * K, K, rows, xt, nt, out, ldy);
+            }
+        }
+    }
+}
+
 void matmul(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy, int n_threads) {
     const int64_t R = w.rows, K = w.cols, T = in.T;
     const bool quant = w.type == WType::Q8_0 || w.type == WType::Q4_0;
     if (quant && k.gemm_panel && T >= GEMM_MIN_ROWS) return matmul_panels(k, w, in, y, ldy, n_threads);
+    const bool float_gemm = w.type == WType::F32 ? k.gemm_f32 != nullptr : w.type == WType::BF16 && k.gemm_bf16;
+    if (float_gemm && T >= GEMM_MIN_ROWS) return matmul_float(k, w, in, y, ldy, n_threads);
     ActRows x{};
     if (quant) {
         x = ActRows{in.acts.qs.ptr, in.acts.d.as<float>(), in.acts.sum.as<float>(), K, K / QK};

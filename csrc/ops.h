@@ -20,9 +20,9 @@ struct MatmulInput {
     void prepare(const KernelTable& k, const float* x, int64_t T, int64_t K, bool need_quant, int n_threads);
 };
 
-// From this many activation rows on, a quantized matmul runs as a GEMM on repacked panels (when the ISA has
-// gemm_panel): the repack costs about one pass over the weights plus a few rows' compute (measured break-even
-// between 4 and 8 rows on AVX-512).
+// From this many activation rows on, a matmul runs as a GEMM (when the ISA has the kernel): quantized weights on
+// repacked panels (the repack costs about one pass over the weights plus a few rows' compute: measured break-even
+// between 4 and 8 rows on AVX-512), f32/bf16 weights in register tiles of FGEMM_ROWS x FGEMM_NT.
 constexpr int64_t GEMM_MIN_ROWS = 8;
 
 // Rows r0..r0+15 of a Q8_0/Q4_0 matrix as a GEMM panel (kernels.h); rows past the matrix are zero.

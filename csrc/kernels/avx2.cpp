@@ -198,7 +198,8 @@ static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* li
 }
 
 extern const KernelTable table = {
-    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, kv_to_f32, attn_block, quantize_act, to_f16,
+    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, nullptr, nullptr, kv_to_f32, attn_block,
+    quantize_act, to_f16,
 };
 
 }  // namespace avx2

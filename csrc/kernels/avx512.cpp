@@ -63,6 +63,77 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
     for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
 }
 
+// Float GEMM tile: FGEMM_ROWS weight rows x FGEMM_NT activation rows, 24 accumulators in zmm registers, 16 columns
+// per step; a short tile repeats its last row/activation and stores only the real ones. Each accumulator is
+// reduced once at the end.
+template <bool BF16>
+static void gemm_float(int64_t n, const void* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                       int64_t ldy) {
+    constexpr int R = FGEMM_ROWS, NT = FGEMM_NT;
+    const float* xr[NT];
+    for (int t = 0; t < NT; ++t) xr[t] = static_cast<const float*>(x.q) + (t < nt ? t : nt - 1) * x.q_stride;
+    const uint16_t* wb[R];
+    const float* wf[R];
+    for (int r = 0; r < R; ++r) {
+        const int64_t rr = r < rows ? r : rows - 1;
+        wb[r] = static_cast<const uint16_t*>(w) + rr * wstride;
+        wf[r] = static_cast<const float*>(w) + rr * wstride;
+    }
+    __m512 acc[R][NT];
+    for (int r = 0; r < R; ++r)
+        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+    const auto load_w = [&](int r, int64_t i, __mmask16 m) {
+        return BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, wb[r] + i)), 16))
+                    : _mm512_maskz_loadu_ps(m, wf[r] + i);
+    };
+    const auto step = [&](int64_t i, __mmask16 m) {
+        __m512 wv[R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) wv[r] = load_w(r, i, m);
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; ++t) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, xr[t] + i);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    };
+    // the weight rows are prefetched as in the dots: with few activation rows the tile streams them from DRAM
+    const auto prefetch = [&](int64_t i) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+            const char* p = BF16 ? reinterpret_cast<const char*>(wb[r] + i) : reinterpret_cast<const char*>(wf[r] + i);
+            _mm_prefetch(p + PREFETCH_BYTES, _MM_HINT_T0);
+            if (!BF16) _mm_prefetch(p + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        }
+    };
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {  // 32 columns: one cache line of each bf16 row, two of each f32 row
+        prefetch(i);
+        step(i, __mmask16(0xffff));
+        step(i + 16, __mmask16(0xffff));
+    }
+    for (; i < n; i += 16) step(i, tail_mask16(n - i));
+    // reduce every accumulator with compile-time indices (a runtime-bounded loop over acc would make the compiler
+    // keep acc in memory and store it on every step), then store the real outputs
+    float res[R][NT];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 6
+        for (int t = 0; t < NT; ++t) res[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+    for (int t = 0; t < nt; ++t)
+        for (int r = 0; r < rows; ++r) y[t * ldy + r] = res[r][t];
+}
+
+static void gemm_f32(int64_t n, const float* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                     int64_t ldy) {
+    gemm_float<false>(n, w, wstride, rows, x, nt, y, ldy);
+}
+
+static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                      int64_t ldy) {
+    gemm_float<true>(n, w, wstride, rows, x, nt, y, ldy);
+}
+
 // Quantized dots, two blocks (64 codes) per step. vpdpbusd multiplies the unsigned weight codes by the
 // signed activations; the codes carry +OFFSET (128 for q8_0, 8 for q4_0), removed at the end through the
 // activation block sums: dot = sum_b dw_b * (dx_b * idot_b - OFFSET * s_b).
@@ -347,7 +418,8 @@ static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* li
 }
 
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, kv_to_f32, attn_block, quantize_act, to_f16,
+    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16, kv_to_f32, attn_block,
+    quantize_act, to_f16,
 };
 
 }  // namespace avx512

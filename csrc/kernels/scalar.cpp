@@ -109,6 +109,31 @@ static void gemm_panel(int64_t nb, const uint8_t* panel, const float* dw, float 
     }
 }
 
+template <typename W, float (*Widen)(W)>
+static void gemm_float(int64_t n, const W* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                       int64_t ldy) {
+    for (int t = 0; t < nt; ++t) {
+        const float* xr = static_cast<const float*>(x.q) + t * x.q_stride;
+        for (int r = 0; r < rows; ++r) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < n; ++i) acc += Widen(w[r * wstride + i]) * xr[i];
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
+static float widen_f32(float v) { return v; }
+
+static void gemm_f32(int64_t n, const float* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                     int64_t ldy) {
+    gemm_float<float, widen_f32>(n, w, wstride, rows, x, nt, y, ldy);
+}
+
+static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
+                      int64_t ldy) {
+    gemm_float<uint16_t, bf16_to_f32>(n, w, wstride, rows, x, nt, y, ldy);
+}
+
 static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
                       float* v) {
     kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
@@ -120,7 +145,8 @@ static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* li
 }
 
 extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, kv_to_f32, attn_block, quantize_act, to_f16,
+    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16, kv_to_f32, attn_block,
+    quantize_act, to_f16,
 };
 
 }  // namespace scalar

@@ -37,14 +37,19 @@ def _random_model(arch: str, quant: str, **kw: Any) -> Any:
     return Model(config, random_tensors(config, plan, 0), quant="q4_0", plan=plan, **kw)
 
 
-def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # per cached value
+
+
+def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int,
+             kv_cache: str = "f16") -> dict[str, Any]:
     """Runs inside the worker subprocess."""
     import numpy as np
 
     from .sampling import Sampler, SamplingParams
 
     t0 = time.perf_counter()
-    model = _random_model(arch, quant, threads=threads, context_length=n_prompt + n_gen + 8, max_sequences=1)
+    model = _random_model(arch, quant, threads=threads, context_length=n_prompt + n_gen + 8, max_sequences=1,
+                          kv_cache=kv_cache)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     prompt = [int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)]
@@ -77,9 +82,9 @@ def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, rep
         dt = time.perf_counter() - t
         tg.append(n_gen / dt)
         py_share.append(1.0 - core_s[0] / dt)
-    kv_read = 2 * model.config.n_layer * model.config.kv_dim * 2 * (n_prompt + n_gen / 2)  # f16 cache, mean depth
+    kv_read = 2 * model.config.n_layer * model.config.kv_dim * KV_BYTES[kv_cache] * (n_prompt + n_gen / 2)  # mean depth
     return {
-        "arch": arch, "quant": quant, "threads": threads, "isa": model.isa,
+        "arch": arch, "quant": quant, "threads": threads, "isa": model.isa, "kv_cache": kv_cache,
         "load_s": load_s, "weight_bytes": model.weight_bytes, "bytes_per_token": model.weight_bytes + kv_read,
         "pp_tok_s": statistics.median(pp), "ttft_s": statistics.median(ttft), "tg_tok_s": statistics.median(tg),
         "python_share": statistics.median(py_share),
@@ -134,8 +139,9 @@ def _run_worker(call: str) -> dict[str, Any] | None:
     return None
 
 
-def _run_config(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int) -> dict[str, Any]:
-    r = _run_worker(f"_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats})")
+def _run_config(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int,
+                kv_cache: str = "f16") -> dict[str, Any]:
+    r = _run_worker(f"_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats}, {kv_cache!r})")
     return r if r is not None else {"arch": arch, "quant": quant, "threads": threads, "error": "worker failed"}
 
 
@@ -214,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-prompt", type=int, default=512)
     ap.add_argument("--n-gen", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kv-cache", default="f16", choices=sorted(KV_BYTES), help="KV cache type (default: f16)")
     ap.add_argument("--peers", action="store_true", help="also run bench/peers.py (llama.cpp, PyTorch) if present")
     ap.add_argument("--batch", nargs="*", type=int, default=[],
                     help="also measure aggregate batched decode for these batch sizes (e.g. 1 2 4 8 16)")
@@ -233,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for t in a.threads:
                 if a.skip_single:
                     continue
-                r = _run_config(arch, quant, t, a.n_prompt, a.n_gen, a.repeats)
+                r = _run_config(arch, quant, t, a.n_prompt, a.n_gen, a.repeats, a.kv_cache)
                 r["engine"] = "ours"
                 rows.append(r)
                 print(format_table([r], bw).splitlines()[-1], flush=True)
