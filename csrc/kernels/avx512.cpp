@@ -30,7 +30,7 @@ static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, 
 
 // Weight streams are prefetched this far ahead: with several activation rows per weight row (batched decode),
 // hardware prefetch alone left the bus idle between rows.
-constexpr int64_t PREFETCH_BYTES = 1024;
+constexpr int64_t PREFETCH_BYTES = 4096;
 
 template <int NT>
 static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
@@ -145,14 +145,15 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
     constexpr float OFFSET = Q4 ? 8.0f : 128.0f;
     const int64_t nb = n / 32;
     const int8_t* xq[NT];
-    __m512 acc[NT], corr[NT];
+    __m512 acc[NT], acc2[NT], corr[NT];
     for (int t = 0; t < NT; ++t) {
         xq[t] = static_cast<const int8_t*>(x.q) + t * x.q_stride;
         acc[t] = _mm512_setzero_ps();
+        acc2[t] = _mm512_setzero_ps();
         corr[t] = _mm512_setzero_ps();
     }
     const __m512i pair_idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i two = _mm512_set1_epi32(2);
+    const __m512i two = _mm512_set1_epi32(2), four = _mm512_set1_epi32(4);
     const __m512i low4 = _mm512_set1_epi8(0x0f);
 
     for (int64_t b0 = 0; b0 < nb; b0 += 16) {
@@ -164,8 +165,8 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
             S[t] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d + t * x.b_stride + b0));
             corr[t] = _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(m16, x.s + t * x.b_stride + b0), corr[t]);
         }
-        __m512i idx = pair_idx0;
-        for (int64_t j = 0; j < nblk; j += 2, idx = _mm512_add_epi32(idx, two)) {
+        // one pair of blocks (64 codes) into accumulators a; idx spreads the pair's two scales over its lanes
+        const auto pair = [&](int64_t j, __m512i idx, __m512 (&a)[NT]) {
             const int64_t b = b0 + j;
             // Stream the weights ahead: with several activation rows the loop is long enough that the hardware
             // prefetcher alone leaves DRAM idle between misses (2-row decode ran at a third of the 1-row speed).
@@ -188,11 +189,20 @@ static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const Act
             for (int t = 0; t < NT; ++t) {
                 const __m512i xv = _mm512_maskz_loadu_epi8(m64, xq[t] + b * 32);
                 const __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xv);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, S[t]), acc[t]);
+                a[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, S[t]), a[t]);
             }
+        };
+        // two accumulator sets alternate, so that consecutive pairs do not wait on one FMA chain
+        __m512i idx = pair_idx0;
+        int64_t j = 0;
+        for (; j + 4 <= nblk; j += 4, idx = _mm512_add_epi32(idx, four)) {
+            pair(j, idx, acc);
+            pair(j + 2, _mm512_add_epi32(idx, two), acc2);
         }
+        for (; j < nblk; j += 2, idx = _mm512_add_epi32(idx, two)) pair(j, idx, acc);
     }
-    for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]) - OFFSET * _mm512_reduce_add_ps(corr[t]);
+    for (int t = 0; t < NT; ++t)
+        out[t * os] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], acc2[t])) - OFFSET * _mm512_reduce_add_ps(corr[t]);
 }
 
 // GEMM on a 16-row panel (kernels.h): for each block, 8 VNNI dots per activation row accumulate the block in
