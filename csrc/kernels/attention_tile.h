@@ -1,7 +1,7 @@
-// kernels/attention_tile.h — the bodies of KernelTable::kv_to_f32 and ::attn_block, included by every kernel file
-// so that each compiles these plain loops with its own ISA flags (written to auto-vectorize: unit stride over
-// keys for the scores, over head_dim for the values, no horizontal reductions). avx512.cpp has its own
-// attn_block with explicit registers; the conversion is shared by all.
+// kernels/attention_tile.h — KernelTable::kv_to_f32 and ::attn_block as plain loops. Every kernel file includes this
+// header and puts these functions in its table, so each compiles them with its own ISA flags (written to
+// auto-vectorize: unit stride over keys for the scores, over head_dim for the values, no horizontal reductions).
+// avx512.cpp has its own attn_block with explicit registers; the conversion is shared by all.
 #pragma once
 
 #include <cmath>

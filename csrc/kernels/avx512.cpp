@@ -309,11 +309,6 @@ static void f16_row(int64_t n, const uint16_t* x, float* y) {
     }
 }
 
-static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
-                      float* v) {
-    kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
-}
-
 static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
@@ -428,8 +423,8 @@ static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* li
 }
 
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16, kv_to_f32, attn_block,
-    quantize_act, to_f16,
+    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16,
+    kv_to_f32_body<f16_row>, attn_block, quantize_act, to_f16,
 };
 
 }  // namespace avx512

@@ -134,19 +134,9 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
     gemm_float<uint16_t, bf16_to_f32>(n, w, wstride, rows, x, nt, y, ldy);
 }
 
-static void kv_to_f32(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
-                      float* v) {
-    kv_to_f32_body<f16_row>(kv_type, hd, nk, ktiles, vrows, kt, v);
-}
-
-static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
-                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o) {
-    attn_block_body(nq, hd, q, limit, j0, nk, kt, v, scale, s, m, l, o);
-}
-
 extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16, kv_to_f32, attn_block,
-    quantize_act, to_f16,
+    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16,
+    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16,
 };
 
 }  // namespace scalar
