@@ -186,7 +186,7 @@ static void matmul_panels(const KernelTable& k, const Matrix& w, const MatmulInp
 }
 
 // f32/bf16 weights with many activation rows: a thread's block of weight rows stays in L2 while the activations
-// pass over it FGEMM_NT rows at a time (those stay in L1), FGEMM_ROWS x FGEMM_NT outputs per kernel call.
+// pass over it FGEMM_NT rows at a time (those stay in L1/L2), FGEMM_ROWS x FGEMM_NT outputs per kernel call.
 static void matmul_float(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy,
                          int n_threads) {
     const int64_t R = w.rows, K = w.cols, T = in.T;
