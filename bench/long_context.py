@@ -18,15 +18,15 @@ import argparse
 import ctypes
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402
-import synthetic_checkpoint as sc  # noqa: E402
-
-from llama32_native import bench  # noqa: E402
+import peers
+import synthetic_checkpoint as sc
+from llama32_native import bench
 
 MCL_CURRENT = 1
 
@@ -44,7 +44,6 @@ def memory_128k(threads: int, n_prompt: int = 512) -> dict[str, Any]:
     allocated untouched, so RSS first shows only what a 512-token prompt wrote; mlockall(MCL_CURRENT) then faults in
     every page of the process (the whole cache included), which is what the process needs at the full context."""
     import numpy as np
-
     from llama32_native import Model
 
     model = Model.random("llama-3.2-3b", quant="q4_0", threads=threads, context_length=131072, kv_cache="q8_0",
@@ -79,8 +78,9 @@ def run_llamacpp(arch: str, n: int, threads: int, n_gen: int, peer_quant: str) -
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | prompt tokens | engine | KV cache | prefill tok/s | prefill s | decode tok/s at that depth | "
-             "peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
+    header = ("| model | prompt tokens | engine | KV cache | prefill tok/s | prefill s | decode tok/s at that depth | "
+              "peak RSS GiB |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pp, tg, rss = r.get("pp_tok_s"), r.get("tg_tok_s"), r.get("peak_rss_bytes")
         cells = [f"{r['arch']} q4_0", str(r["n_prompt"]), r["engine"], r["kv_cache"],
@@ -117,10 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                                          a.peer_quant))
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
         print(format_table(rows))
-    import subprocess
-
-    proc = subprocess.run([sys.executable, __file__, "--_memory", "--threads", str(a.threads)], capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, __file__, "--_memory", "--threads", str(a.threads)], check=False,
+                          capture_output=True, text=True)
     mem = next((json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")),
                {"error": proc.stderr[-2000:]})
     print("# 3B q4_0, context 131072, q8_0 KV cache: " + json.dumps(mem))
