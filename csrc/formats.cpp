@@ -31,10 +31,15 @@ size_t Matrix::row_bytes() const {
         case WType::F32: return size_t(cols) * 4;
         case WType::BF16:
         case WType::F16: return size_t(cols) * 2;
-        case WType::Q8_0: return size_t(cols);
-        case WType::Q4_0: return size_t(cols) / 2;
+        case WType::Q8_0:
+        case WType::Q4_0: break;  // panels, not rows
     }
     return 0;
+}
+
+size_t Matrix::data_bytes() const {
+    if (quantized()) return size_t(panels() * blocks_per_row()) * panel_block_bytes();
+    return row_bytes() * size_t(rows);
 }
 
 void quantize_row_q8_0_ref(const float* x, block_q8_0* y, int64_t n) {
@@ -86,51 +91,72 @@ void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n) {
     }
 }
 
-void pack_q8_0_row(const block_q8_0* src, int64_t nb, uint8_t* codes, uint16_t* scales) {
-    for (int64_t b = 0; b < nb; ++b) {
-        scales[b] = src[b].d;
-        for (int j = 0; j < QK; ++j) codes[b * QK + j] = uint8_t(src[b].qs[j]) ^ 0x80u;  // q + 128
+void zero_panels(Matrix& m) {
+    std::memset(m.data.ptr, 0, m.data_bytes());
+    std::memset(m.scales.ptr, 0, size_t(m.panels() * m.blocks_per_row()) * PANEL_ROWS * 2);
+}
+
+// Where block b of row r starts in the codes (lane offset included), and the index of its scale.
+static inline size_t code_offset(const Matrix& m, int64_t r, int64_t b) {
+    const int64_t nb = m.blocks_per_row();
+    return size_t((r / PANEL_ROWS) * nb + b) * m.panel_block_bytes() + size_t(r % PANEL_ROWS) * 4;
+}
+static inline size_t scale_index(const Matrix& m, int64_t r, int64_t b) {
+    return size_t((r / PANEL_ROWS) * m.blocks_per_row() + b) * PANEL_ROWS + size_t(r % PANEL_ROWS);
+}
+
+void store_row(Matrix& m, int64_t r, const void* blocks) {
+    uint8_t* codes = m.data.as<uint8_t>();
+    uint16_t* scales = m.scales.as<uint16_t>();
+    for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
+        uint8_t* dst = codes + code_offset(m, r, b);
+        if (m.type == WType::Q8_0) {
+            const block_q8_0& blk = static_cast<const block_q8_0*>(blocks)[b];
+            scales[scale_index(m, r, b)] = blk.d;
+            for (int k = 0; k < QK; ++k) dst[(k / 4) * 64 + k % 4] = uint8_t(blk.qs[k]) ^ 0x80u;  // q + 128
+        } else {
+            const block_q4_0& blk = static_cast<const block_q4_0*>(blocks)[b];
+            scales[scale_index(m, r, b)] = blk.d;
+            for (int c = 0; c < 4; ++c) std::memcpy(dst + c * 64, blk.qs + 4 * c, 4);
+        }
     }
 }
 
-void pack_q4_0_row(const block_q4_0* src, int64_t nb, uint8_t* codes, uint16_t* scales) {
-    for (int64_t b = 0; b < nb; ++b) scales[b] = src[b].d;
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-        uint8_t* out = codes + b * 16;
-        for (int j = 0; j < 16; ++j) {
-            const uint8_t e = src[b].qs[j], o = src[b + 1].qs[j];
-            out[j] = uint8_t((e & 0x0f) | (o << 4));                // elements j of both blocks
-            out[j + 16] = uint8_t((e >> 4) | (o & 0xf0));           // elements j+16 of both blocks
+void load_row(const Matrix& m, int64_t r, void* blocks) {
+    const uint8_t* codes = m.data.as<uint8_t>();
+    const uint16_t* scales = m.scales.as<uint16_t>();
+    for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
+        const uint8_t* src = codes + code_offset(m, r, b);
+        if (m.type == WType::Q8_0) {
+            block_q8_0& blk = static_cast<block_q8_0*>(blocks)[b];
+            blk.d = scales[scale_index(m, r, b)];
+            for (int k = 0; k < QK; ++k) blk.qs[k] = int8_t(src[(k / 4) * 64 + k % 4] ^ 0x80u);
+        } else {
+            block_q4_0& blk = static_cast<block_q4_0*>(blocks)[b];
+            blk.d = scales[scale_index(m, r, b)];
+            for (int c = 0; c < 4; ++c) std::memcpy(blk.qs + 4 * c, src + c * 64, 4);
         }
     }
-    if (b < nb) std::memcpy(codes + b * 16, src[b].qs, 16);
+}
+
+void dequantize_row(const Matrix& m, int64_t r, float* out) {
+    const uint8_t* codes = m.data.as<uint8_t>();
+    const uint16_t* scales = m.scales.as<uint16_t>();
+    for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
+        const uint8_t* src = codes + code_offset(m, r, b);
+        const float d = f16_to_f32(scales[scale_index(m, r, b)]);
+        for (int k = 0; k < QK; ++k) {
+            const int q = m.type == WType::Q8_0 ? int(src[(k / 4) * 64 + k % 4]) - 128
+                                                : (k < 16 ? src[(k / 4) * 64 + k % 4] & 0x0f : src[(k % 16 / 4) * 64 + k % 4] >> 4) - 8;
+            out[b * QK + k] = d * float(q);
+        }
+    }
 }
 
 void unpack_rows(const Matrix& m, void* dst_blocks) {
-    const int64_t nb = m.blocks_per_row();
-    const uint8_t* q = m.data.as<uint8_t>();
-    const uint16_t* d = m.scales.as<uint16_t>();
-    if (m.type == WType::Q8_0) {
-        auto* dst = static_cast<block_q8_0*>(dst_blocks);
-        for (int64_t b = 0; b < m.rows * nb; ++b) {
-            dst[b].d = d[b];
-            for (int j = 0; j < QK; ++j) dst[b].qs[j] = int8_t(q[b * QK + j] ^ 0x80u);
-        }
-    } else if (m.type == WType::Q4_0) {
-        auto* dst = static_cast<block_q4_0*>(dst_blocks);
-        for (int64_t r = 0; r < m.rows; ++r) {
-            const uint8_t* row = q + r * nb * 16;
-            for (int64_t b = 0; b < nb; ++b) {
-                block_q4_0& o = dst[r * nb + b];
-                o.d = d[r * nb + b];
-                for (int j = 0; j < 16; ++j)
-                    o.qs[j] = uint8_t(q4_code(row, nb, b, j) | (q4_code(row, nb, b, j + 16) << 4));
-            }
-        }
-    } else {
-        throw Error("unpack_rows: not a quantized matrix");
-    }
+    L32_CHECK(m.quantized(), "unpack_rows: not a quantized matrix");
+    const size_t row = size_t(m.blocks_per_row()) * (m.type == WType::Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0));
+    for (int64_t r = 0; r < m.rows; ++r) load_row(m, r, static_cast<uint8_t*>(dst_blocks) + size_t(r) * row);
 }
 
 }  // namespace l32

@@ -1,6 +1,6 @@
 // formats.h — the quantized block formats and how quantized matrices live in memory.
-// Contract: a Q8_0/Q4_0 *block* is bit-compatible with ggml's; in memory a matrix is stored "split":
-// all quants of a row contiguous, the f16 scales in a separate array, so SIMD loads never straddle a scale.
+// Contract: a Q8_0/Q4_0 *block* is bit-compatible with ggml's; in memory a matrix is stored in panels of 16 rows
+// (below), codes and f16 scales in separate arrays, so SIMD loads never straddle a scale.
 #pragma once
 
 #include <cstdint>
@@ -31,23 +31,34 @@ enum class WType : int { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, F16 = 4 };
 const char* wtype_name(WType t);
 WType wtype_from_name(const std::string& name);  // throws Error on an unknown name
 
+// Q8_0/Q4_0 matrices live in *panels* of PANEL_ROWS rows, so that one 64-byte load holds 4 consecutive codes of
+// each of the panel's 16 rows: a VNNI/sdot step against 4 broadcast activation bytes then adds 4 products into
+// every row's int32 lane, and a block accumulates whole before its 16 scales are applied at once. The same layout
+// serves decode (1 activation row) and prefill (many): the weights are never repacked after load.
+constexpr int PANEL_ROWS = 16;
+
 // A weight matrix [rows, cols] (PyTorch [out, in]) in one of the in-memory formats.
 //  F32:  data = float[rows*cols]
 //  BF16: data = uint16[rows*cols]
-//  Q8_0: data = uint8[rows*cols] holding (q + 128): unsigned so that VNNI's u8*s8 dot applies directly;
-//        scales = f16[rows*cols/32]
-//  Q4_0: data = uint8[rows*cols/2], scales = f16[rows*cols/32]. Blocks go in pairs: byte j (0..31) of a
-//        pair holds element j of block 2p in its low nibble and element j of block 2p+1 in its high nibble,
-//        so one 32-byte load, a shift and a mask give both blocks' codes in element order. A trailing odd
-//        block keeps ggml's order (byte j: element j low, element j+16 high).
+//  Q8_0/Q4_0 (panels(); a last partial panel is padded with zero codes and zero scales): block b of panel p
+//  has its codes at data + (p*nb + b) * panel_block_bytes() and its 16 f16 scales at scales[(p*nb + b)*16 + r]
+//  (r: row within the panel).
+//    Q8_0, 512 bytes: group g (64 bytes, g = 0..7) holds codes 4g..4g+3 of row 0, then row 1, ..., row 15;
+//          a code is q + 128, unsigned, so that VNNI's u8*s8 dot applies directly.
+//    Q4_0, 256 bytes: chunk c (64 bytes, c = 0..3) holds bytes qs[4c..4c+3] of ggml's block of row 0, then row 1,
+//          ...: the low nibbles are codes 4c..4c+3 (group c), the high nibbles codes 16+4c.. (group c+4).
 struct Matrix {
     WType type = WType::F32;
     int64_t rows = 0, cols = 0;
     AlignedBuffer data;
     AlignedBuffer scales;
 
+    bool quantized() const { return type == WType::Q8_0 || type == WType::Q4_0; }
     int64_t blocks_per_row() const { return cols / QK; }
-    size_t row_bytes() const;  // bytes of one row in `data`
+    int64_t panels() const { return (rows + PANEL_ROWS - 1) / PANEL_ROWS; }
+    size_t panel_block_bytes() const { return type == WType::Q8_0 ? 512 : 256; }  // quantized types only
+    size_t row_bytes() const;   // bytes of one row in `data` (float types only)
+    size_t data_bytes() const;  // bytes of `data` for rows x cols of this type
 };
 
 // Quantized activations: rows of int8 blocks with one f32 scale and the block's sum of quants
@@ -67,19 +78,12 @@ void quantize_row_q4_0_ref(const float* x, block_q4_0* y, int64_t n);
 void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t n);
 void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n);
 
-// One row of plain ggml blocks <-> the in-memory layout (lossless).
-void pack_q8_0_row(const block_q8_0* src, int64_t nb, uint8_t* codes, uint16_t* scales);
-void pack_q4_0_row(const block_q4_0* src, int64_t nb, uint8_t* codes, uint16_t* scales);
-void unpack_rows(const Matrix& m, void* dst_blocks);  // Q8_0 -> block_q8_0[], Q4_0 -> block_q4_0[]
-
-// Code (0..15) of element j of block b in a packed q4_0 row of nb blocks.
-static inline int q4_code(const uint8_t* row, int64_t nb, int64_t b, int j) {
-    if ((b & 1) == 0 && b + 1 == nb) {  // trailing odd block: ggml order
-        const uint8_t v = row[b * 16 + (j & 15)];
-        return j < 16 ? (v & 0x0f) : (v >> 4);
-    }
-    const uint8_t v = row[(b & ~int64_t(1)) * 16 + j];
-    return (b & 1) ? (v >> 4) : (v & 0x0f);
-}
+// Row r of a quantized matrix from / to plain ggml blocks (block_q8_0 or block_q4_0 by m.type), lossless.
+// A matrix is zeroed (zero_panels) before its rows are stored, so that padding rows of the last panel add nothing.
+void zero_panels(Matrix& m);
+void store_row(Matrix& m, int64_t r, const void* blocks);
+void load_row(const Matrix& m, int64_t r, void* blocks);
+void dequantize_row(const Matrix& m, int64_t r, float* out);  // row r as cols f32 values
+void unpack_rows(const Matrix& m, void* dst_blocks);  // every row: Q8_0 -> block_q8_0[], Q4_0 -> block_q4_0[]
 
 }  // namespace l32

@@ -5,19 +5,15 @@
 
 #include <cstdint>
 
+#include "formats.h"
+
 namespace l32 {
 
-// Up to MAX_NT activation rows share one pass over a weight row (the weight is decoded once for all).
+// Float weights: up to MAX_NT activation rows share one pass over a weight row (the dot kernels).
 constexpr int MAX_NT = 4;
 
-// Prefill GEMM on weight *panels*: PANEL_ROWS rows of a quantized matrix repacked (ops.cpp, pack_panel) so that
-// one 64-byte load holds 4 consecutive codes of each of the 16 rows. Per block b the panel has 8 groups of 64
-// bytes; group g holds codes k = 4g..4g+3 of row 0, then of row 1, ..., row 15 (unsigned, +offset as in the
-// row formats); dw[b * 16 + r] is row r's f32 block scale. A VNNI dot of a group with a broadcast dword of one
-// activation row then adds 4 products into each row's lane: a whole block accumulates in int32 before its
-// scales are applied once.
-constexpr int PANEL_ROWS = 16;
-constexpr int GEMM_NT = 8;  // activation rows per gemm_panel call
+// Activation rows per quantized GEMM call: a panel's codes are decoded once for this many rows.
+constexpr int GEMM_NT = 8;
 
 // Float weights (f32/bf16) with 8+ activation rows: FGEMM_ROWS weight rows x FGEMM_NT activation rows per call, the
 // accumulators of the whole tile in registers, so one load of a weight vector feeds FGEMM_NT FMAs.
@@ -44,17 +40,14 @@ struct KernelTable {
     // out[t * out_stride] = dot(weight row, activation row t) for t < nt (nt <= MAX_NT); n = row length.
     void (*dot_f32)(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t out_stride);
     void (*dot_bf16)(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t out_stride);
-    // Quantized rows: wq = the row's codes (q8_0: q+128 per byte; q4_0: 16 nibble bytes per block),
-    // wd = the row's f16 block scales; x holds int8 activation blocks.
-    void (*dot_q8_0)(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
-                     int64_t out_stride);
-    void (*dot_q4_0)(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
-                     int64_t out_stride);
-
-    // y[t * ldy + r] = sum_b dw[r,b] * (dx[t,b] * sum_k code[r,b,k] * xq[t,b,k] - offset * s[t,b]) for r < rows
-    // (<= PANEL_ROWS), t < nt (<= GEMM_NT); nb blocks. nullptr in a table: matmul then uses the dot kernels.
-    void (*gemm_panel)(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
-                       int rows, float* y, int64_t ldy);
+    // One panel of a Q8_0/Q4_0 matrix (layout: formats.h) against int8 activation blocks:
+    // y[t * ldy + r] = sum_b dw[r,b] * dx[t,b] * sum_k q[r,b,k] * xq[t,b,k] for rows r < rows (<= PANEL_ROWS) and
+    // activation rows t < nt (<= GEMM_NT); q is the signed value (code - 128, or nibble - 8). codes and scales
+    // point at the panel's first block, nb blocks follow. The same call is decode's GEMV (nt = 1) and prefill's GEMM.
+    void (*gemm_q8_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy);
+    void (*gemm_q4_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy);
 
     // y[t * ldy + r] = dot(weight row r, activation row t) for r < rows (<= FGEMM_ROWS), t < nt (<= FGEMM_NT); weight
     // rows are wstride elements apart, activation rows (f32) x.q_stride floats apart. bf16 weights are widened

@@ -131,14 +131,17 @@ void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void
     m.type = target;
     m.rows = rows;
     m.cols = cols;
-    m.data.resize(m.row_bytes() * size_t(rows));
-    if (quant_dst) m.scales.resize(size_t(rows * (cols / QK)) * 2);
+    m.data.resize(m.data_bytes());
+    if (quant_dst) {
+        m.scales.resize(size_t(m.panels() * (cols / QK)) * PANEL_ROWS * 2);
+        zero_panels(m);
+    }
     const int64_t nb = cols / QK;
     const size_t row_bytes = m.row_bytes();
     uint8_t* dst = m.data.as<uint8_t>();
-    uint16_t* dsc = m.scales.as<uint16_t>();
 
-    // Rows convert independently; each thread keeps one f32 row and one row of blocks.
+    // Rows convert independently; each thread keeps one f32 row and one row of blocks. Quantized rows of one panel
+    // share cache lines but never bytes.
 #pragma omp parallel num_threads(n_threads)
     {
         std::vector<float> tmp(static_cast<size_t>(cols));
@@ -146,29 +149,29 @@ void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void
         std::vector<block_q4_0> b4(static_cast<size_t>(nb));
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-            uint8_t* out = dst + size_t(r) * row_bytes;
-            const block_q8_0* in8 = static_cast<const block_q8_0*>(data) + r * nb;
-            const block_q4_0* in4 = static_cast<const block_q4_0*>(data) + r * nb;
+            const void* blocks = nullptr;  // row r as ggml blocks of the target type
+            if (src == target && quant_src)  // q8_0 -> q8_0, q4_0 -> q4_0: the source blocks as they are
+                blocks = src == WType::Q8_0 ? static_cast<const void*>(static_cast<const block_q8_0*>(data) + r * nb)
+                                            : static_cast<const void*>(static_cast<const block_q4_0*>(data) + r * nb);
             if (src == target && !quant_src) {  // f32 -> f32, bf16 -> bf16: plain copy
-                std::memcpy(out, static_cast<const uint8_t*>(data) + size_t(r) * row_bytes, row_bytes);
+                std::memcpy(dst + size_t(r) * row_bytes, static_cast<const uint8_t*>(data) + size_t(r) * row_bytes, row_bytes);
                 continue;
             }
             if (src != target || !quant_src) {
                 source_row_f32(src, data, r, cols, tmp.data());
                 if (target == WType::Q8_0) quantize_row_q8_0_ref(tmp.data(), b8.data(), cols);
                 if (target == WType::Q4_0) quantize_row_q4_0_ref(tmp.data(), b4.data(), cols);
-                in8 = b8.data();
-                in4 = b4.data();
+                blocks = target == WType::Q8_0 ? static_cast<const void*>(b8.data()) : static_cast<const void*>(b4.data());
             }
             switch (target) {
-                case WType::F32: std::memcpy(out, tmp.data(), size_t(cols) * 4); break;
+                case WType::F32: std::memcpy(dst + size_t(r) * row_bytes, tmp.data(), size_t(cols) * 4); break;
                 case WType::BF16: {
-                    uint16_t* o = reinterpret_cast<uint16_t*>(out);
+                    uint16_t* o = reinterpret_cast<uint16_t*>(dst + size_t(r) * row_bytes);
                     for (int64_t i = 0; i < cols; ++i) o[i] = f32_to_bf16(tmp[size_t(i)]);
                     break;
                 }
-                case WType::Q8_0: pack_q8_0_row(in8, nb, out, dsc + r * nb); break;
-                case WType::Q4_0: pack_q4_0_row(in4, nb, out, dsc + r * nb); break;
+                case WType::Q8_0:
+                case WType::Q4_0: store_row(m, r, blocks); break;
                 case WType::F16: break;
             }
         }

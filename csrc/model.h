@@ -68,7 +68,7 @@ struct RunState {
 };
 
 // Converts a [rows, cols] source (f32/f16/bf16 elements or plain q8_0/q4_0 blocks) into an in-memory matrix of
-// type `target`, quantizing (reference quantizers) or repacking rows in parallel.
+// type `target`, quantizing (reference quantizers) or storing blocks into panels, rows in parallel.
 void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void* data, WType target, int n_threads);
 
 class Engine {

@@ -20,14 +20,9 @@ struct MatmulInput {
     void prepare(const KernelTable& k, const float* x, int64_t T, int64_t K, bool need_quant, int n_threads);
 };
 
-// From this many activation rows on, a matmul runs as a GEMM (when the ISA has the kernel): quantized weights on
-// repacked panels (the repack costs about one pass over the weights plus a few rows' compute: measured break-even
-// between 4 and 8 rows on AVX-512), f32/bf16 weights in register tiles of FGEMM_ROWS x FGEMM_NT.
+// From this many activation rows on, a matmul with f32/bf16 weights runs as a GEMM in register tiles of
+// FGEMM_ROWS x FGEMM_NT (when the ISA has the kernel). Quantized weights always run on their panels (formats.h).
 constexpr int64_t GEMM_MIN_ROWS = 8;
-
-// Rows r0..r0+15 of a Q8_0/Q4_0 matrix as a GEMM panel (kernels.h); rows past the matrix are zero.
-// panel: nb * 512 bytes, 64-byte aligned; dw: nb * 16 floats.
-void pack_panel(const Matrix& w, int64_t r0, uint8_t* panel, float* dw);
 
 // y[t, r] = sum_k W[r, k] * x[t, k]; y has row stride ldy.
 void matmul(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy, int n_threads);

@@ -99,19 +99,26 @@ void check_float_dots(const KernelTable& k, int64_t n, int nt) {
     compare("dot_bf16");
 }
 
-void check_quant_dots(const KernelTable& k, int64_t n, int nt) {
+// One panel of random codes and scales (every byte pattern is a valid code) against nt activation rows; outputs at
+// row stride ldy = 17 so that a kernel writing past its rows would be caught.
+void check_quant_gemm(const KernelTable& k, int64_t n, int nt, int rows) {
     const Acts a = make_acts(n, nt);
-    const std::vector<uint16_t> wd = f16_scales(n / 32);
-    const std::vector<uint8_t> q8 = randbytes(n), q4 = randbytes(n / 2);
-    float got[3 * MAX_NT], want[3 * MAX_NT];
+    const int64_t nb = n / 32;
+    const std::vector<uint16_t> sc = f16_scales(nb * PANEL_ROWS);
+    const std::vector<uint8_t> q8 = randbytes(nb * 512), q4 = randbytes(nb * 256);
+    constexpr int64_t LDY = 17;
     float mag = 0;
     for (int64_t i = 0; i < n * nt; ++i) mag += std::fabs(a.f[i]) * 128 * 0.05f;
-    k.dot_q8_0(n, q8.data(), wd.data(), a.quant_rows(), nt, got, 3);
-    scalar::table.dot_q8_0(n, q8.data(), wd.data(), a.quant_rows(), nt, want, 3);
-    for (int t = 0; t < nt; ++t) expect_close("dot_q8_0", n, nt, got[3 * t], want[3 * t], mag);
-    k.dot_q4_0(n, q4.data(), wd.data(), a.quant_rows(), nt, got, 3);
-    scalar::table.dot_q4_0(n, q4.data(), wd.data(), a.quant_rows(), nt, want, 3);
-    for (int t = 0; t < nt; ++t) expect_close("dot_q4_0", n, nt, got[3 * t], want[3 * t], mag);
+    for (bool q4_0 : {false, true}) {
+        std::vector<float> got(GEMM_NT * LDY, 7.0f), want(GEMM_NT * LDY, 7.0f);
+        const auto fn = q4_0 ? &KernelTable::gemm_q4_0 : &KernelTable::gemm_q8_0;
+        const uint8_t* codes = q4_0 ? q4.data() : q8.data();
+        (k.*fn)(nb, codes, sc.data(), a.quant_rows(), nt, rows, got.data(), LDY);
+        (scalar::table.*fn)(nb, codes, sc.data(), a.quant_rows(), nt, rows, want.data(), LDY);
+        for (int t = 0; t < GEMM_NT; ++t)
+            for (int r = 0; r < LDY; ++r)
+                expect_close(q4_0 ? "gemm_q4_0" : "gemm_q8_0", n, nt, got[t * LDY + r], want[t * LDY + r], mag);
+    }
 }
 
 void check_quantize(const KernelTable& k, int64_t n) {
@@ -193,8 +200,9 @@ int main() {
     for (int rep = 0; rep < 3; ++rep) {  // RELIABILITY.md K1: each case 3x
         for (int64_t n : {1, 7, 15, 16, 17, 63, 64, 65, 1000, 4097})
             for (int nt = 1; nt <= MAX_NT; ++nt) check_float_dots(k, n, nt);
-        for (int64_t n : {32, 64, 96, 2048, 4096, 8192})
-            for (int nt = 1; nt <= MAX_NT; ++nt) check_quant_dots(k, n, nt);
+        for (int64_t n : {32, 64, 96, 2048, 8192})
+            for (int nt = 1; nt <= GEMM_NT; ++nt)
+                for (int rows : {1, 5, 8, 13, 16}) check_quant_gemm(k, n, nt, rows);
         for (int64_t n : {32, 64, 96, 2048, 4096}) check_quantize(k, n);
         for (int64_t n : {1, 3, 7, 8, 9, 16, 63, 64, 65, 128, 4097}) check_f16(k, n);
         for (int64_t nq : {1, 3, 4, 7, 96})

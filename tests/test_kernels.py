@@ -8,11 +8,12 @@ import pytest
 from llama32_native import _core
 from llama32_native.quant import dequantize, quantize_q4_0, quantize_q8_0
 
-# (rows, cols, tokens); from 32 tokens on quantized matmuls take the GEMM panel path (16-row panels, 8 tokens per
-# call): 33/65/3 rows leave partial panels, 4128 cols an odd trailing q4_0 block, 37/70 tokens a partial tile.
+# (rows, cols, tokens); quantized weights live in 16-row panels, 8 tokens per kernel call: 33/65/7 rows leave
+# partial panels, 9/37/70 tokens a partial tile; 65 x 4128 q8_0 spans several L2 groups of panels per thread;
+# f32/bf16 take the float GEMM from 8 tokens on.
 SHAPES = [(1, 32, 1), (7, 64, 1), (33, 96, 5), (5, 4128, 3), (65, 160, 9), (3, 2080, 4),
           (33, 96, 37), (65, 4128, 70), (3, 64, 32), (16, 2080, 40),
-          (32, 192, 8), (48, 256, 12)]  # full panels, even block counts: the vectorized repack
+          (32, 192, 8), (48, 256, 12)]
 # f32/bf16 only: widths that are not a multiple of 16 (masked tails of the float GEMM), 8+ tokens
 FLOAT_SHAPES = [(5, 100, 9), (7, 37, 13), (9, 1, 8), (6, 17, 64)]
 MATMUL_CASES = [(w, *s) for w in ("f32", "bf16", "q8_0", "q4_0") for s in SHAPES] + [

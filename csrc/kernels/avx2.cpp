@@ -2,6 +2,8 @@
 // Contract: same results as kernels/scalar.cpp (quantize_act bit-exact). Compiled with its own -m flags.
 #include <immintrin.h>
 
+#include <cstring>
+
 #include "../common.h"
 #include "../kernels.h"
 #include "attention_tile.h"
@@ -51,70 +53,95 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
     }
 }
 
-// Sum of the 16 int16 products of maddubs as 8 int32 lanes.
-static inline __m256i madd_ones(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
+constexpr int64_t PREFETCH_BYTES = 1024;  // the weight stream, as in avx512.cpp
 
-// q8_0: the codes are q+128. maddubs(u8, s8) would saturate on 255*127*2, so the kernel flips the codes
-// back to signed q and uses the sign trick: |q| * (x * sign(q)) fits int16. No offset to remove.
-constexpr int64_t PREFETCH_BYTES = 1024;
+// Quantized GEMM on one panel (formats.h) in two passes of 8 rows (the bytes 32h..32h+31 of each 64-byte group),
+// up to 4 activation rows at a time. maddubs multiplies unsigned by signed bytes into int16 pairs, madd with ones
+// sums them into each row's int32 lane.
+// q4_0: codes 0..15 (q + 8), so the 8 maddubs of a block cannot overflow int16 (8 * 2 * 15 * 127 < 32767) and
+// are summed before one madd; the +8 goes through the activation block sums. q8_0: codes q + 128 would saturate,
+// so they are flipped back to signed q and multiplied with the sign trick, |q| * (x * sign(q)), no offset.
+template <int NT, bool Q4>
+static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                      int64_t ldy) {
+    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8(char(0x80)), ones = _mm256_set1_epi16(1);
+    const auto bcast = [](const int8_t* p) {
+        int32_t v;
+        std::memcpy(&v, p, 4);
+        return _mm256_set1_epi32(v);
+    };
+    for (int h = 0; h < 2 && 8 * h < rows; ++h) {
+        __m256 acc[NT];
+        for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* pb = codes + b * BLOCK + 32 * h;
+            if (h == 0)
+                for (int64_t l = 0; l < BLOCK; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pb) + PREFETCH_BYTES + l, _MM_HINT_T0);
+            __m256i dot[NT];
+            if (Q4) {
+                __m256i s16[NT];
+                for (int t = 0; t < NT; ++t) s16[t] = _mm256_setzero_si256();
+                for (int c = 0; c < 4; ++c) {  // groups c (low nibbles) and c + 4 (high nibbles)
+                    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + c * 64));
+                    const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                    for (int t = 0; t < NT; ++t) {
+                        const int8_t* xb = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * QK;
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(xb + 4 * c)),
+                                                                           _mm256_maddubs_epi16(hi, bcast(xb + 16 + 4 * c))));
+                    }
+                }
+                for (int t = 0; t < NT; ++t) dot[t] = _mm256_madd_epi16(s16[t], ones);
+            } else {
+                for (int t = 0; t < NT; ++t) dot[t] = _mm256_setzero_si256();
+                for (int g = 0; g < 8; ++g) {
+                    const __m256i w = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(pb + g * 64)), flip);
+                    const __m256i wabs = _mm256_sign_epi8(w, w);
+                    for (int t = 0; t < NT; ++t) {
+                        const int8_t* xb = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * QK;
+                        const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(bcast(xb + 4 * g), w));
+                        dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            }
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * PANEL_ROWS + 8 * h)));
+            for (int t = 0; t < NT; ++t) {
+                const __m256 xd = _mm256_set1_ps(x.d[t * x.b_stride + b]);
+                const __m256 v = Q4 ? _mm256_fmsub_ps(_mm256_cvtepi32_ps(dot[t]), xd, _mm256_set1_ps(8.0f * x.s[t * x.b_stride + b]))
+                                    : _mm256_mul_ps(_mm256_cvtepi32_ps(dot[t]), xd);
+                acc[t] = _mm256_fmadd_ps(dw, v, acc[t]);
+            }
+        }
+        const int n = rows - 8 * h < 8 ? rows - 8 * h : 8;
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * ldy + 8 * h, keep, acc[t]);
+    }
+}
 
-template <int NT>
-static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    const int64_t nb = n / 32;
-    const __m256i flip = _mm256_set1_epi8(char(0x80));
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        _mm_prefetch(reinterpret_cast<const char*>(wq + b * 32) + PREFETCH_BYTES, _MM_HINT_T0);  // see avx512.cpp
-        const __m256i w = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 32)), flip);
-        const __m256i wabs = _mm256_sign_epi8(w, w);
-        const float dw = _cvtsh_ss(wd[b]);
-        for (int t = 0; t < NT; ++t) {
-            const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
-            const __m256i dp = madd_ones(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, w)));
-            const __m256 sc = _mm256_set1_ps(dw * x.d[t * x.b_stride + b]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), sc, acc[t]);
+template <bool Q4>
+static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                   float* y, int64_t ldy) {
+    for (int t0 = 0; t0 < nt; t0 += 4) {  // 4 rows at a time: 2 x NT accumulators + codes fit the 16 ymm registers
+        const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride, x.s + t0 * x.b_stride,
+                         x.q_stride, x.b_stride};
+        float* yt = y + t0 * ldy;
+        switch (nt - t0) {
+            case 1: gemm_q_nt<1, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+            case 2: gemm_q_nt<2, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+            case 3: gemm_q_nt<3, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+            default: gemm_q_nt<4, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
         }
     }
-    for (int t = 0; t < NT; ++t) out[t * os] = hsum8(acc[t]);
 }
 
-// q4_0: in a pair of blocks, byte j holds element j of block b (low nibble) and of block b+1 (high nibble);
-// a trailing odd block keeps ggml's order (byte j: element j low, j+16 high). Codes are 0..15 (q+8), so
-// maddubs cannot saturate; the +8 is removed through the activation block sums.
-template <int NT>
-static inline void q4_block(const __m256i codes, int64_t b, float dw, const ActRows& x, __m256* acc, float* corr) {
-    for (int t = 0; t < NT; ++t) {
-        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
-        const __m256i dp = madd_ones(_mm256_maddubs_epi16(codes, xv));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_set1_ps(dw * x.d[t * x.b_stride + b]), acc[t]);
-        corr[t] += dw * x.s[t * x.b_stride + b];
-    }
+static void gemm_q8_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<false>(nb, codes, scales, x, nt, rows, y, ldy);
 }
 
-template <int NT>
-static void dot_q4_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    const int64_t nb = n / 32;
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256 acc[NT];
-    float corr[NT];
-    for (int t = 0; t < NT; ++t) { acc[t] = _mm256_setzero_ps(); corr[t] = 0.0f; }
-    int64_t b = 0;
-    for (; b + 1 < nb; b += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(wq + b * 16) + PREFETCH_BYTES, _MM_HINT_T0);
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 16));
-        q4_block<NT>(_mm256_and_si256(v, low4), b, _cvtsh_ss(wd[b]), x, acc, corr);
-        q4_block<NT>(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), b + 1, _cvtsh_ss(wd[b + 1]), x, acc, corr);
-    }
-    if (b < nb) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + b * 16));
-        const __m128i m4 = _mm_set1_epi8(0x0f);
-        const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-        q4_block<NT>(codes, b, _cvtsh_ss(wd[b]), x, acc, corr);
-    }
-    for (int t = 0; t < NT; ++t) out[t * os] = hsum8(acc[t]) - 8.0f * corr[t];
+static void gemm_q4_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<true>(nb, codes, scales, x, nt, rows, y, ldy);
 }
 
 #define L32_DISPATCH_NT(fn, ...)              \
@@ -131,13 +158,6 @@ static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* 
 static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_bf16_nt, n, w, x, out, os)
 }
-static void dot_q8_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
-    L32_DISPATCH_NT(dot_q8_nt, n, wq, wd, x, out, os)
-}
-static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
-    L32_DISPATCH_NT(dot_q4_nt, n, wq, wd, x, out, os)
-}
-
 static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < n / 32; ++b) {
@@ -188,7 +208,7 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 extern const KernelTable table = {
-    "avx2", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, nullptr, nullptr,
+    "avx2", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, nullptr, nullptr,
     kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16,
 };
 

@@ -134,82 +134,17 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
     gemm_float<true>(n, w, wstride, rows, x, nt, y, ldy);
 }
 
-// Quantized dots, two blocks (64 codes) per step. vpdpbusd multiplies the unsigned weight codes by the
-// signed activations; the codes carry +OFFSET (128 for q8_0, 8 for q4_0), removed at the end through the
-// activation block sums: dot = sum_b dw_b * (dx_b * idot_b - OFFSET * s_b).
-// Scales are handled 16 blocks at a time: S = dw * dx for 16 blocks, and a permute spreads the pair
-// (S_b, S_b+1) over the 8+8 int32 lanes that hold the two blocks' partial dots.
-
+// Quantized GEMM on one panel (formats.h): per block, 8 VNNI dots per activation row (one per group of 4 codes,
+// the 4 activation bytes broadcast) accumulate the block in int32 lanes, one per weight row; then its 16 scales
+// apply at once: acc += dw * (dx * dot - OFFSET * s). vpdpbusd multiplies unsigned codes (q + OFFSET) by signed
+// activations; the block sum s = dx * sum(xq) removes the offset. With few activation rows the groups alternate
+// between two int32 chains so that one row's block is not a chain of 8 dependent dots.
 template <int NT, bool Q4>
-static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
+static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                      int64_t ldy) {
+    constexpr int64_t BLOCK = Q4 ? 256 : 512;
     constexpr float OFFSET = Q4 ? 8.0f : 128.0f;
-    const int64_t nb = n / 32;
-    const int8_t* xq[NT];
-    __m512 acc[NT], acc2[NT], corr[NT];
-    for (int t = 0; t < NT; ++t) {
-        xq[t] = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-        acc[t] = _mm512_setzero_ps();
-        acc2[t] = _mm512_setzero_ps();
-        corr[t] = _mm512_setzero_ps();
-    }
-    const __m512i pair_idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i two = _mm512_set1_epi32(2), four = _mm512_set1_epi32(4);
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-
-    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
-        const int64_t nblk = nb - b0 < 16 ? nb - b0 : 16;
-        const __mmask16 m16 = tail_mask16(nblk);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m16, wd + b0));
-        __m512 S[NT];
-        for (int t = 0; t < NT; ++t) {
-            S[t] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m16, x.d + t * x.b_stride + b0));
-            corr[t] = _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(m16, x.s + t * x.b_stride + b0), corr[t]);
-        }
-        // one pair of blocks (64 codes) into accumulators a; idx spreads the pair's two scales over its lanes
-        const auto pair = [&](int64_t j, __m512i idx, __m512 (&a)[NT]) {
-            const int64_t b = b0 + j;
-            // Stream the weights ahead: with several activation rows the loop is long enough that the hardware
-            // prefetcher alone leaves DRAM idle between misses (2-row decode ran at a third of the 1-row speed).
-            _mm_prefetch(reinterpret_cast<const char*>(wq + b * (Q4 ? 16 : 32)) + PREFETCH_BYTES, _MM_HINT_T0);
-            const bool two_blocks = j + 1 < nblk;
-            const __mmask64 m64 = two_blocks ? ~__mmask64(0) : __mmask64(0xffffffffu);
-            __m512i codes;
-            if (Q4 && two_blocks) {
-                // a pair's 32 bytes hold block b in the low nibbles and block b+1 in the high ones:
-                // broadcast to both halves, shift the upper half by 4, mask -> both blocks in element order
-                const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wq + b * 16)));
-                codes = _mm512_and_si512(_mm512_mask_srli_epi16(v, __mmask32(0xffff0000u), v, 4), low4);
-            } else if (Q4) {  // trailing odd block, ggml order: byte j = element j (low), j+16 (high)
-                const __m128i r = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + b * 16));
-                const __m128i m4 = _mm_set1_epi8(0x0f);
-                codes = _mm512_zextsi256_si512(_mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(r, 4), m4), _mm_and_si128(r, m4)));
-            } else {
-                codes = _mm512_maskz_loadu_epi8(m64, wq + b * 32);
-            }
-            for (int t = 0; t < NT; ++t) {
-                const __m512i xv = _mm512_maskz_loadu_epi8(m64, xq[t] + b * 32);
-                const __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xv);
-                a[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, S[t]), a[t]);
-            }
-        };
-        // two accumulator sets alternate, so that consecutive pairs do not wait on one FMA chain
-        __m512i idx = pair_idx0;
-        int64_t j = 0;
-        for (; j + 4 <= nblk; j += 4, idx = _mm512_add_epi32(idx, four)) {
-            pair(j, idx, acc);
-            pair(j + 2, _mm512_add_epi32(idx, two), acc2);
-        }
-        for (; j < nblk; j += 2, idx = _mm512_add_epi32(idx, two)) pair(j, idx, acc);
-    }
-    for (int t = 0; t < NT; ++t)
-        out[t * os] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t], acc2[t])) - OFFSET * _mm512_reduce_add_ps(corr[t]);
-}
-
-// GEMM on a 16-row panel (kernels.h): for each block, 8 VNNI dots per activation row accumulate the block in
-// int32 lanes (one lane per weight row); the block's scales are then applied once: acc += dw * (dx*dot - off*s).
-template <int NT>
-static void gemm_panel_nt(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int rows,
-                          float* y, int64_t ldy) {
+    constexpr int CH = NT >= 4 ? 1 : 2;
     const int8_t* xq[NT];
     const float* xd[NT];
     const float* xs[NT];
@@ -220,41 +155,68 @@ static void gemm_panel_nt(int64_t nb, const uint8_t* panel, const float* dw, flo
         xs[t] = x.s + t * x.b_stride;
         acc[t] = _mm512_setzero_ps();
     }
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* pb = panel + b * 512;
-        __m512i dot[NT];
-        for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
-        for (int g = 0; g < 8; ++g) {
-            const __m512i w = _mm512_load_si512(reinterpret_cast<const void*>(pb + g * 64));
+        const uint8_t* pb = codes + b * BLOCK;
+        // the panel streams from DRAM in decode: every line of the block PREFETCH_BYTES ahead, and the scales
+        // (32 bytes a block) as far ahead in blocks
+        for (int64_t l = 0; l < BLOCK; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pb) + PREFETCH_BYTES + l, _MM_HINT_T0);
+        if ((b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(scales + b * PANEL_ROWS) + PREFETCH_BYTES * 32 / BLOCK, _MM_HINT_T0);
+        __m512i dot[CH][NT];
+        for (int c = 0; c < CH; ++c)
+            for (int t = 0; t < NT; ++t) dot[c][t] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; ++c) {  // groups c and c + 4
+            __m512i lo, hi;
+            if (Q4) {
+                const __m512i v = _mm512_load_si512(reinterpret_cast<const void*>(pb + c * 64));
+                lo = _mm512_and_si512(v, low4);
+                hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+            } else {
+                lo = _mm512_load_si512(reinterpret_cast<const void*>(pb + c * 64));
+                hi = _mm512_load_si512(reinterpret_cast<const void*>(pb + (c + 4) * 64));
+            }
             for (int t = 0; t < NT; ++t) {
-                int32_t four;
-                std::memcpy(&four, xq[t] + b * QK + g * 4, 4);
-                dot[t] = _mm512_dpbusd_epi32(dot[t], w, _mm512_set1_epi32(four));
+                int32_t xlo, xhi;
+                std::memcpy(&xlo, xq[t] + b * QK + 4 * c, 4);
+                std::memcpy(&xhi, xq[t] + b * QK + 16 + 4 * c, 4);
+                dot[0][t] = _mm512_dpbusd_epi32(dot[0][t], lo, _mm512_set1_epi32(xlo));
+                dot[CH - 1][t] = _mm512_dpbusd_epi32(dot[CH - 1][t], hi, _mm512_set1_epi32(xhi));
             }
         }
-        const __m512 vdw = _mm512_load_ps(dw + b * 16);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(scales + b * PANEL_ROWS)));
         for (int t = 0; t < NT; ++t) {
-            const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(xd[t][b]),
-                                             _mm512_set1_ps(offset * xs[t][b]));
-            acc[t] = _mm512_fmadd_ps(vdw, v, acc[t]);
+            const __m512i d = CH == 2 ? _mm512_add_epi32(dot[0][t], dot[CH - 1][t]) : dot[0][t];
+            const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xd[t][b]), _mm512_set1_ps(OFFSET * xs[t][b]));
+            acc[t] = _mm512_fmadd_ps(dw, v, acc[t]);
         }
     }
     const __mmask16 m = tail_mask16(rows);
     for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, m, acc[t]);
 }
 
-static void gemm_panel(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
-                       int rows, float* y, int64_t ldy) {
+template <bool Q4>
+static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                   float* y, int64_t ldy) {
     switch (nt) {
-        case 1: gemm_panel_nt<1>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        case 2: gemm_panel_nt<2>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        case 3: gemm_panel_nt<3>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        case 4: gemm_panel_nt<4>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        case 5: gemm_panel_nt<5>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        case 6: gemm_panel_nt<6>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        case 7: gemm_panel_nt<7>(nb, panel, dw, offset, x, rows, y, ldy); break;
-        default: gemm_panel_nt<8>(nb, panel, dw, offset, x, rows, y, ldy); break;
+        case 1: gemm_q_nt<1, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        case 2: gemm_q_nt<2, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        case 3: gemm_q_nt<3, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        case 4: gemm_q_nt<4, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        case 5: gemm_q_nt<5, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        case 6: gemm_q_nt<6, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        case 7: gemm_q_nt<7, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+        default: gemm_q_nt<8, Q4>(nb, codes, scales, x, rows, y, ldy); break;
     }
+}
+
+static void gemm_q8_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<false>(nb, codes, scales, x, nt, rows, y, ldy);
+}
+
+static void gemm_q4_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<true>(nb, codes, scales, x, nt, rows, y, ldy);
 }
 
 #define L32_DISPATCH_NT(fn, ...)              \
@@ -271,19 +233,6 @@ static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* 
 static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_bf16_nt, n, w, x, out, os)
 }
-template <int NT> static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    dot_q_nt<NT, false>(n, wq, wd, x, out, os);
-}
-template <int NT> static void dot_q4_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    dot_q_nt<NT, true>(n, wq, wd, x, out, os);
-}
-static void dot_q8_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
-    L32_DISPATCH_NT(dot_q8_nt, n, wq, wd, x, out, os)
-}
-static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
-    L32_DISPATCH_NT(dot_q4_nt, n, wq, wd, x, out, os)
-}
-
 static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
     const __m512 sign_off = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t b = 0; b < n / 32; ++b) {
@@ -423,7 +372,7 @@ static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* li
 }
 
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16,
+    "avx512", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, gemm_f32, gemm_bf16,
     kv_to_f32_body<f16_row>, attn_block, quantize_act, to_f16,
 };
 

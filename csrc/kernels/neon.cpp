@@ -3,6 +3,8 @@
 // the CPU has asimddp; compiled with -march=armv8.2-a+dotprod in this file alone.
 #include <arm_neon.h>
 
+#include <type_traits>
+
 #include "../common.h"
 #include "../kernels.h"
 #include "attention_tile.h"
@@ -44,46 +46,98 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
     }
 }
 
-// sdot takes signed x signed bytes, so the codes are turned back into signed values (q8_0: flip the top
-// bit of q+128; q4_0: nibble - 8) and there is no offset to remove.
+// Quantized GEMM on one panel (formats.h) in two passes of 8 rows, up to 4 activation rows at a time. A 16-byte
+// load of a group holds 4 codes of each of 4 rows; sdot by lane multiplies them by the 4 activation bytes of that
+// group. sdot takes signed x signed bytes: q8_0 codes are flipped back to signed q (no offset), q4_0 nibbles
+// 0..15 are used as they are and their +8 goes through the activation block sums.
 template <int NT, bool Q4>
-static void dot_q_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    const int64_t nb = n / 32;
-    float32x4_t acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = vdupq_n_f32(0.0f);
-    const int8x16_t eight = vdupq_n_s8(8);
-    const uint8x16_t low4 = vdupq_n_u8(0x0f);
-    for (int64_t b = 0; b < nb; ++b) {
-        __builtin_prefetch(wq + b * (Q4 ? 16 : 32) + 1024);  // keep DRAM busy with several rows (see avx512.cpp)
-        int8x16_t w0, w1;  // the block's elements 0..15 and 16..31 as signed values
-        if (Q4 && (b & 1) == 0 && b + 1 == nb) {  // trailing odd block, ggml order
-            const uint8x16_t raw = vld1q_u8(wq + b * 16);
-            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, low4)), eight);
-            w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), eight);
-        } else if (Q4) {  // pair layout: block 2p in the low nibbles, 2p+1 in the high ones
-            const uint8_t* p = wq + (b & ~int64_t(1)) * 16;
-            const uint8x16_t v0 = vld1q_u8(p), v1 = vld1q_u8(p + 16);
-            if (b & 1) {
-                w0 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), eight);
-                w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), eight);
-            } else {
-                w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v0, low4)), eight);
-                w1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v1, low4)), eight);
+static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                      int64_t ldy) {
+    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    const uint8x16_t low4 = vdupq_n_u8(0x0f), flip = vdupq_n_u8(0x80);
+    for (int h = 0; h < 2 && 8 * h < rows; ++h) {
+        float32x4_t acc[2][NT];
+        for (int j = 0; j < 2; ++j)
+            for (int t = 0; t < NT; ++t) acc[j][t] = vdupq_n_f32(0.0f);
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* pb = codes + b * BLOCK + 32 * h;
+            if (h == 0)
+                for (int64_t l = 0; l < BLOCK; l += 64) __builtin_prefetch(pb + 1024 + l);
+            int8x16_t x0[NT], x1[NT];  // the block's activations: groups 0-3 and 4-7, one per 32-bit lane
+            for (int t = 0; t < NT; ++t) {
+                const int8_t* xb = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * QK;
+                x0[t] = vld1q_s8(xb);
+                x1[t] = vld1q_s8(xb + 16);
             }
-        } else {
-            const uint8x16_t flip = vdupq_n_u8(0x80);
-            w0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wq + b * 32), flip));
-            w1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wq + b * 32 + 16), flip));
+            int32x4_t dot[2][NT];
+            for (int j = 0; j < 2; ++j)
+                for (int t = 0; t < NT; ++t) dot[j][t] = vdupq_n_s32(0);
+            // group g's 4 codes x lane g%4 of x0 (g < 4) or x1; rows 8h+4j.. in the j-th 16 bytes
+            const auto groups = [&](auto lane, const uint8_t* p_lo, const uint8_t* p_hi) {
+                constexpr int L = decltype(lane)::value;
+                for (int j = 0; j < 2; ++j) {
+                    int8x16_t lo, hi;
+                    if (Q4) {
+                        const uint8x16_t v = vld1q_u8(p_lo + 16 * j);
+                        lo = vreinterpretq_s8_u8(vandq_u8(v, low4));
+                        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                    } else {
+                        lo = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p_lo + 16 * j), flip));
+                        hi = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p_hi + 16 * j), flip));
+                    }
+                    for (int t = 0; t < NT; ++t) {
+                        dot[j][t] = vdotq_laneq_s32(dot[j][t], lo, x0[t], L);
+                        dot[j][t] = vdotq_laneq_s32(dot[j][t], hi, x1[t], L);
+                    }
+                }
+            };
+            groups(std::integral_constant<int, 0>(), pb, pb + 4 * 64);
+            groups(std::integral_constant<int, 1>(), pb + 64, pb + 5 * 64);
+            groups(std::integral_constant<int, 2>(), pb + 128, pb + 6 * 64);
+            groups(std::integral_constant<int, 3>(), pb + 192, pb + 7 * 64);
+            for (int j = 0; j < 2; ++j) {
+                const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(scales + b * PANEL_ROWS + 8 * h + 4 * j)));
+                for (int t = 0; t < NT; ++t) {
+                    float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), x.d[t * x.b_stride + b]);
+                    if (Q4) v = vsubq_f32(v, vdupq_n_f32(8.0f * x.s[t * x.b_stride + b]));
+                    acc[j][t] = vfmaq_f32(acc[j][t], dw, v);
+                }
+            }
         }
-        const float dw = f16_to_f32(wd[b]);
-        for (int t = 0; t < NT; ++t) {
-            const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * 32;
-            int32x4_t dp = vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(xq));
-            dp = vdotq_s32(dp, w1, vld1q_s8(xq + 16));
-            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(dp), dw * x.d[t * x.b_stride + b]);
+        for (int j = 0; j < 2; ++j)
+            for (int t = 0; t < NT; ++t) {
+                float out[4];
+                vst1q_f32(out, acc[j][t]);
+                for (int i = 0; i < 4; ++i)
+                    if (8 * h + 4 * j + i < rows) y[t * ldy + 8 * h + 4 * j + i] = out[i];
+            }
+    }
+}
+
+template <bool Q4>
+static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                   float* y, int64_t ldy) {
+    for (int t0 = 0; t0 < nt; t0 += 4) {
+        const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride, x.s + t0 * x.b_stride,
+                         x.q_stride, x.b_stride};
+        float* yt = y + t0 * ldy;
+        switch (nt - t0) {
+            case 1: gemm_q_nt<1, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+            case 2: gemm_q_nt<2, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+            case 3: gemm_q_nt<3, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+            default: gemm_q_nt<4, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
         }
     }
-    for (int t = 0; t < NT; ++t) out[t * os] = vaddvq_f32(acc[t]);
+}
+
+static void gemm_q8_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<false>(nb, codes, scales, x, nt, rows, y, ldy);
+}
+
+static void gemm_q4_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<true>(nb, codes, scales, x, nt, rows, y, ldy);
 }
 
 #define L32_DISPATCH_NT(fn, ...)              \
@@ -100,19 +154,6 @@ static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* 
 static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_bf16_nt, n, w, x, out, os)
 }
-template <int NT> static void dot_q8_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    dot_q_nt<NT, false>(n, wq, wd, x, out, os);
-}
-template <int NT> static void dot_q4_nt(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, float* out, int64_t os) {
-    dot_q_nt<NT, true>(n, wq, wd, x, out, os);
-}
-static void dot_q8_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
-    L32_DISPATCH_NT(dot_q8_nt, n, wq, wd, x, out, os)
-}
-static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out, int64_t os) {
-    L32_DISPATCH_NT(dot_q4_nt, n, wq, wd, x, out, os)
-}
-
 static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
     for (int64_t b = 0; b < n / 32; ++b) {
         float32x4_t v[8];
@@ -149,7 +190,7 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 extern const KernelTable table = {
-    "neon", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, nullptr, nullptr, nullptr,
+    "neon", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, nullptr, nullptr,
     kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16,
 };
 

@@ -28,40 +28,41 @@ static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, flo
     }
 }
 
-// dot = sum_b dw_b * (dx_b * sum_j code_j * xq_j - offset * s_b): the codes carry +offset,
-// and s_b = dx_b * sum_j xq_j removes it.
-static void dot_q8_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
-                     int64_t os) {
-    const int64_t nb = n / 32;
+// The signed value of code k of row r in block b of a panel (formats.h).
+static inline int q8_value(const uint8_t* blk, int r, int k) { return int(blk[(k / 4) * 64 + r * 4 + k % 4]) - 128; }
+static inline int q4_value(const uint8_t* blk, int r, int k) {
+    const uint8_t v = blk[(k % 16 / 4) * 64 + r * 4 + k % 4];
+    return (k < 16 ? v & 0x0f : v >> 4) - 8;
+}
+
+template <bool Q4>
+static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                   float* y, int64_t ldy) {
+    const size_t block_bytes = Q4 ? 256 : 512;
     for (int t = 0; t < nt; ++t) {
         const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
         const float* xd = x.d + t * x.b_stride;
-        const float* xs = x.s + t * x.b_stride;
-        float acc = 0.0f;
-        for (int64_t b = 0; b < nb; ++b) {
-            int32_t isum = 0;
-            for (int j = 0; j < 32; ++j) isum += int32_t(wq[b * 32 + j]) * xq[b * 32 + j];
-            acc += f16_to_f32(wd[b]) * (xd[b] * float(isum) - 128.0f * xs[b]);
+        for (int r = 0; r < rows; ++r) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t* blk = codes + size_t(b) * block_bytes;
+                int32_t dot = 0;
+                for (int k = 0; k < QK; ++k) dot += (Q4 ? q4_value(blk, r, k) : q8_value(blk, r, k)) * xq[b * QK + k];
+                acc += f16_to_f32(scales[b * PANEL_ROWS + r]) * xd[b] * float(dot);
+            }
+            y[t * ldy + r] = acc;
         }
-        out[t * os] = acc;
     }
 }
 
-static void dot_q4_0(int64_t n, const uint8_t* wq, const uint16_t* wd, const ActRows& x, int nt, float* out,
-                     int64_t os) {
-    const int64_t nb = n / 32;
-    for (int t = 0; t < nt; ++t) {
-        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-        const float* xd = x.d + t * x.b_stride;
-        const float* xs = x.s + t * x.b_stride;
-        float acc = 0.0f;
-        for (int64_t b = 0; b < nb; ++b) {
-            int32_t isum = 0;
-            for (int j = 0; j < 32; ++j) isum += q4_code(wq, nb, b, j) * xq[b * 32 + j];
-            acc += f16_to_f32(wd[b]) * (xd[b] * float(isum) - 8.0f * xs[b]);
-        }
-        out[t * os] = acc;
-    }
+static void gemm_q8_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<false>(nb, codes, scales, x, nt, rows, y, ldy);
+}
+
+static void gemm_q4_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) {
+    gemm_q<true>(nb, codes, scales, x, nt, rows, y, ldy);
 }
 
 static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
@@ -90,25 +91,6 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (int64_t i = 0; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
-static void gemm_panel(int64_t nb, const uint8_t* panel, const float* dw, float offset, const ActRows& x, int nt,
-                       int rows, float* y, int64_t ldy) {
-    for (int t = 0; t < nt; ++t) {
-        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-        const float* xd = x.d + t * x.b_stride;
-        const float* xs = x.s + t * x.b_stride;
-        for (int r = 0; r < rows; ++r) {
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                int32_t dot = 0;
-                for (int k = 0; k < QK; ++k)
-                    dot += int32_t(panel[b * 512 + (k / 4) * 64 + r * 4 + k % 4]) * int32_t(xq[b * QK + k]);
-                acc += dw[b * PANEL_ROWS + r] * (xd[b] * float(dot) - offset * xs[b]);
-            }
-            y[t * ldy + r] = acc;
-        }
-    }
-}
-
 template <typename W, float (*Widen)(W)>
 static void gemm_float(int64_t n, const W* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
                        int64_t ldy) {
@@ -135,7 +117,7 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
 }
 
 extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, dot_q8_0, dot_q4_0, gemm_panel, gemm_f32, gemm_bf16,
+    "scalar", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, gemm_f32, gemm_bf16,
     kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16,
 };
 
