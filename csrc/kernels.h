@@ -12,7 +12,8 @@ namespace l32 {
 // Float weights: up to MAX_NT activation rows share one pass over a weight row (the dot kernels).
 constexpr int MAX_NT = 4;
 
-// Activation rows per quantized GEMM call: a panel's codes are decoded once for this many rows.
+// A quantized GEMM call covers up to GEMM_ROWS weight rows (one or two consecutive panels) x GEMM_NT activation rows.
+constexpr int GEMM_ROWS = 2 * PANEL_ROWS;
 constexpr int GEMM_NT = 8;
 
 // Float weights (f32/bf16) with 8+ activation rows: FGEMM_ROWS weight rows x FGEMM_NT activation rows per call, the
@@ -40,10 +41,11 @@ struct KernelTable {
     // out[t * out_stride] = dot(weight row, activation row t) for t < nt (nt <= MAX_NT); n = row length.
     void (*dot_f32)(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t out_stride);
     void (*dot_bf16)(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t out_stride);
-    // One panel of a Q8_0/Q4_0 matrix (layout: formats.h) against int8 activation blocks:
-    // y[t * ldy + r] = sum_b dw[r,b] * dx[t,b] * sum_k q[r,b,k] * xq[t,b,k] for rows r < rows (<= PANEL_ROWS) and
+    // Consecutive panels of a Q8_0/Q4_0 matrix (layout: formats.h) against int8 activation blocks:
+    // y[t * ldy + r] = sum_b dw[r,b] * dx[t,b] * sum_k q[r,b,k] * xq[t,b,k] for rows r < rows (<= GEMM_ROWS) and
     // activation rows t < nt (<= GEMM_NT); q is the signed value (code - 128, or nibble - 8). codes and scales
-    // point at the panel's first block, nb blocks follow. The same call is decode's GEMV (nt = 1) and prefill's GEMM.
+    // point at the first panel's first block (nb blocks a panel). The same call is decode's GEMV (nt = 1) and
+    // prefill's GEMM.
     void (*gemm_q8_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                       float* y, int64_t ldy);
     void (*gemm_q4_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,

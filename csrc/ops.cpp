@@ -30,8 +30,8 @@ void MatmulInput::prepare(const KernelTable& k, const float* x_, int64_t T_, int
     for (int64_t t = 0; t < T; ++t) k.quantize_act(K, x + t * K, q + t * K, d + t * nb, s + t * nb);
 }
 
-// Quantized weights: one kernel call per (panel, tile of GEMM_NT activation rows). A thread takes a contiguous
-// range of panels. Decode (T <= GEMM_NT) streams each panel once; for more rows a group of panels small enough to
+// Quantized weights: one kernel call per (GEMM_ROWS weight rows, tile of GEMM_NT activation rows). A thread takes a
+// contiguous range of panels. Decode (T <= GEMM_NT) streams each panel once; for more rows a group of panels small enough to
 // stay in L2 (~256 KiB) sees every activation tile before the next group, so each weight byte comes from DRAM once
 // per matmul and an activation tile stays in L1 across the group.
 static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy,
@@ -43,19 +43,23 @@ static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInpu
     const uint16_t* scales = w.scales.as<uint16_t>();
     const ActRows x{in.acts.qs.ptr, in.acts.d.as<float>(), in.acts.sum.as<float>(), K, nb};
     const int64_t per_thread = (n_panels + n_threads - 1) / n_threads;
-    const int64_t fit = std::max<int64_t>(1, int64_t((256 << 10) / panel_bytes));
+    const int64_t fit = std::max<int64_t>(GEMM_ROWS / PANEL_ROWS, int64_t((256 << 10) / panel_bytes));
     const int64_t group = T <= GEMM_NT ? per_thread : std::min(per_thread, fit);
     const int64_t n_groups = (n_panels + group - 1) / group;
+    // Decode streams one panel a call (two DRAM streams, codes and scales); prefill, with the panels in L2, gives the
+    // kernel GEMM_ROWS so that one activation broadcast feeds two panels.
+    const int64_t call_panels = T <= GEMM_NT ? 1 : GEMM_ROWS / PANEL_ROWS;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t g = 0; g < n_groups; ++g) {
         const int64_t p0 = g * group, p1 = std::min(n_panels, p0 + group);
         for (int64_t t = 0; t < T; t += GEMM_NT) {
             const ActRows xt{static_cast<const int8_t*>(x.q) + t * K, x.d + t * nb, x.s + t * nb, K, nb};
             const int nt = int(std::min<int64_t>(GEMM_NT, T - t));
-            for (int64_t p = p0; p < p1; ++p) {
+            for (int64_t p = p0; p < p1; p += call_panels) {
                 const int64_t r0 = p * PANEL_ROWS;
-                gemm(nb, codes + size_t(p) * panel_bytes, scales + p * nb * PANEL_ROWS, xt, nt,
-                     int(std::min<int64_t>(PANEL_ROWS, w.rows - r0)), y + t * ldy + r0, ldy);
+                const int64_t rows = std::min({call_panels * PANEL_ROWS, (p1 - p) * PANEL_ROWS, w.rows - r0});
+                gemm(nb, codes + size_t(p) * panel_bytes, scales + p * nb * PANEL_ROWS, xt, nt, int(rows),
+                     y + t * ldy + r0, ldy);
             }
         }
     }

@@ -99,14 +99,14 @@ void check_float_dots(const KernelTable& k, int64_t n, int nt) {
     compare("dot_bf16");
 }
 
-// One panel of random codes and scales (every byte pattern is a valid code) against nt activation rows; outputs at
-// row stride ldy = 17 so that a kernel writing past its rows would be caught.
+// Two panels of random codes and scales (every byte pattern is a valid code) against nt activation rows; outputs at
+// row stride ldy = 37 so that a kernel writing past its rows would be caught.
 void check_quant_gemm(const KernelTable& k, int64_t n, int nt, int rows) {
     const Acts a = make_acts(n, nt);
     const int64_t nb = n / 32;
-    const std::vector<uint16_t> sc = f16_scales(nb * PANEL_ROWS);
-    const std::vector<uint8_t> q8 = randbytes(nb * 512), q4 = randbytes(nb * 256);
-    constexpr int64_t LDY = 17;
+    const std::vector<uint16_t> sc = f16_scales(2 * nb * PANEL_ROWS);
+    const std::vector<uint8_t> q8 = randbytes(2 * nb * 512), q4 = randbytes(2 * nb * 256);
+    constexpr int64_t LDY = 37;
     float mag = 0;
     for (int64_t i = 0; i < n * nt; ++i) mag += std::fabs(a.f[i]) * 128 * 0.05f;
     for (bool q4_0 : {false, true}) {
@@ -202,7 +202,7 @@ int main() {
             for (int nt = 1; nt <= MAX_NT; ++nt) check_float_dots(k, n, nt);
         for (int64_t n : {32, 64, 96, 2048, 8192})
             for (int nt = 1; nt <= GEMM_NT; ++nt)
-                for (int rows : {1, 5, 8, 13, 16}) check_quant_gemm(k, n, nt, rows);
+                for (int rows : {1, 5, 8, 13, 16, 17, 29, 32}) check_quant_gemm(k, n, nt, rows);
         for (int64_t n : {32, 64, 96, 2048, 4096}) check_quantize(k, n);
         for (int64_t n : {1, 3, 7, 8, 9, 16, 63, 64, 65, 128, 4097}) check_f16(k, n);
         for (int64_t nq : {1, 3, 4, 7, 96})

@@ -134,12 +134,13 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
     gemm_float<true>(n, w, wstride, rows, x, nt, y, ldy);
 }
 
-// Quantized GEMM on one panel (formats.h): per block, 8 VNNI dots per activation row (one per group of 4 codes,
-// the 4 activation bytes broadcast) accumulate the block in int32 lanes, one per weight row; then its 16 scales
-// apply at once: acc += dw * (dx * dot - OFFSET * s). vpdpbusd multiplies unsigned codes (q + OFFSET) by signed
-// activations; the block sum s = dx * sum(xq) removes the offset. With few activation rows the groups alternate
-// between two int32 chains so that one row's block is not a chain of 8 dependent dots.
-template <int NT, bool Q4>
+// Quantized GEMM on NP consecutive panels (formats.h): per block, 8 VNNI dots per panel and activation row (one
+// per group of 4 codes, the 4 activation bytes broadcast) accumulate the block in int32 lanes, one per weight row;
+// then its 16 scales apply at once: acc += dw * (dx * dot - OFFSET * s). vpdpbusd multiplies unsigned codes
+// (q + OFFSET) by signed activations; the block sum s = dx * sum(xq) removes the offset. Two panels per pass make
+// each broadcast feed two dots: with one, the loads (a broadcast per dot) bound the kernel, not the dots. With few
+// activation rows the groups alternate between two int32 chains, so that a block is not 8 dependent dots.
+template <int NP, int NT, bool Q4>
 static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
                       int64_t ldy) {
     constexpr int64_t BLOCK = Q4 ? 256 : 512;
@@ -148,64 +149,100 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     const int8_t* xq[NT];
     const float* xd[NT];
     const float* xs[NT];
-    __m512 acc[NT];
+    __m512 acc[NP][NT];
     for (int t = 0; t < NT; ++t) {
         xq[t] = static_cast<const int8_t*>(x.q) + t * x.q_stride;
         xd[t] = x.d + t * x.b_stride;
         xs[t] = x.s + t * x.b_stride;
-        acc[t] = _mm512_setzero_ps();
+        for (int p = 0; p < NP; ++p) acc[p][t] = _mm512_setzero_ps();
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* pb = codes + b * BLOCK;
-        // the panel streams from DRAM in decode: every line of the block PREFETCH_BYTES ahead, and the scales
-        // (32 bytes a block) as far ahead in blocks
-        for (int64_t l = 0; l < BLOCK; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pb) + PREFETCH_BYTES + l, _MM_HINT_T0);
-        if ((b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(scales + b * PANEL_ROWS) + PREFETCH_BYTES * 32 / BLOCK, _MM_HINT_T0);
-        __m512i dot[CH][NT];
+        const uint8_t* pb[NP];
+        const uint16_t* sb[NP];
+        for (int p = 0; p < NP; ++p) {
+            pb[p] = codes + (p * nb + b) * BLOCK;
+            sb[p] = scales + (p * nb + b) * PANEL_ROWS;
+            // decode streams the panels from DRAM: every line of the block PREFETCH_BYTES ahead, and the scales
+            // (32 bytes a block) as far ahead in blocks
+            for (int64_t l = 0; l < BLOCK; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pb[p]) + PREFETCH_BYTES + l, _MM_HINT_T0);
+            if ((b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(sb[p]) + PREFETCH_BYTES * 32 / BLOCK, _MM_HINT_T0);
+        }
+        __m512i dot[CH][NP][NT];
         for (int c = 0; c < CH; ++c)
-            for (int t = 0; t < NT; ++t) dot[c][t] = _mm512_setzero_si512();
+            for (int p = 0; p < NP; ++p)
+                for (int t = 0; t < NT; ++t) dot[c][p][t] = _mm512_setzero_si512();
         for (int c = 0; c < 4; ++c) {  // groups c and c + 4
-            __m512i lo, hi;
-            if (Q4) {
-                const __m512i v = _mm512_load_si512(reinterpret_cast<const void*>(pb + c * 64));
-                lo = _mm512_and_si512(v, low4);
-                hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-            } else {
-                lo = _mm512_load_si512(reinterpret_cast<const void*>(pb + c * 64));
-                hi = _mm512_load_si512(reinterpret_cast<const void*>(pb + (c + 4) * 64));
+            __m512i lo[NP], hi[NP];
+            for (int p = 0; p < NP; ++p) {
+                if (Q4) {
+                    const __m512i v = _mm512_load_si512(reinterpret_cast<const void*>(pb[p] + c * 64));
+                    lo[p] = _mm512_and_si512(v, low4);
+                    hi[p] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                } else {
+                    lo[p] = _mm512_load_si512(reinterpret_cast<const void*>(pb[p] + c * 64));
+                    hi[p] = _mm512_load_si512(reinterpret_cast<const void*>(pb[p] + (c + 4) * 64));
+                }
             }
             for (int t = 0; t < NT; ++t) {
                 int32_t xlo, xhi;
                 std::memcpy(&xlo, xq[t] + b * QK + 4 * c, 4);
                 std::memcpy(&xhi, xq[t] + b * QK + 16 + 4 * c, 4);
-                dot[0][t] = _mm512_dpbusd_epi32(dot[0][t], lo, _mm512_set1_epi32(xlo));
-                dot[CH - 1][t] = _mm512_dpbusd_epi32(dot[CH - 1][t], hi, _mm512_set1_epi32(xhi));
+                const __m512i vlo = _mm512_set1_epi32(xlo), vhi = _mm512_set1_epi32(xhi);
+                for (int p = 0; p < NP; ++p) {
+                    dot[0][p][t] = _mm512_dpbusd_epi32(dot[0][p][t], lo[p], vlo);
+                    dot[CH - 1][p][t] = _mm512_dpbusd_epi32(dot[CH - 1][p][t], hi[p], vhi);
+                }
             }
         }
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(scales + b * PANEL_ROWS)));
-        for (int t = 0; t < NT; ++t) {
-            const __m512i d = CH == 2 ? _mm512_add_epi32(dot[0][t], dot[CH - 1][t]) : dot[0][t];
-            const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xd[t][b]), _mm512_set1_ps(OFFSET * xs[t][b]));
-            acc[t] = _mm512_fmadd_ps(dw, v, acc[t]);
+        for (int p = 0; p < NP; ++p) {
+            const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb[p])));
+            for (int t = 0; t < NT; ++t) {
+                const __m512i d = CH == 2 ? _mm512_add_epi32(dot[0][p][t], dot[CH - 1][p][t]) : dot[0][p][t];
+                const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xd[t][b]), _mm512_set1_ps(OFFSET * xs[t][b]));
+                acc[p][t] = _mm512_fmadd_ps(dw, v, acc[p][t]);
+            }
         }
     }
-    const __mmask16 m = tail_mask16(rows);
-    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, m, acc[t]);
+    for (int p = 0; p < NP; ++p) {
+        const __mmask16 m = tail_mask16(rows - p * PANEL_ROWS);
+        for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy + p * PANEL_ROWS, m, acc[p][t]);
+    }
 }
 
+// One panel (decode, where ops.cpp streams one panel a call): activation rows in tiles of 8 (8 int32 and 8 f32
+// accumulators). Two panels (prefill): tiles of 4 (2 x 4 of each; the codes and a broadcast still fit the 32 zmm
+// registers); a tile of fewer than 4 rows takes the panels one at a time.
 template <bool Q4>
 static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                    float* y, int64_t ldy) {
-    switch (nt) {
-        case 1: gemm_q_nt<1, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        case 2: gemm_q_nt<2, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        case 3: gemm_q_nt<3, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        case 4: gemm_q_nt<4, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        case 5: gemm_q_nt<5, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        case 6: gemm_q_nt<6, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        case 7: gemm_q_nt<7, Q4>(nb, codes, scales, x, rows, y, ldy); break;
-        default: gemm_q_nt<8, Q4>(nb, codes, scales, x, rows, y, ldy); break;
+    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    const int tile = rows > PANEL_ROWS ? 4 : 8;
+    for (int t0 = 0; t0 < nt; t0 += tile) {
+        const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride, x.s + t0 * x.b_stride,
+                         x.q_stride, x.b_stride};
+        float* yt = y + t0 * ldy;
+        const int n = nt - t0 < tile ? nt - t0 : tile;
+        if (n == 4 && rows > PANEL_ROWS) {
+            gemm_q_nt<2, 4, Q4>(nb, codes, scales, xt, rows, yt, ldy);
+            continue;
+        }
+        for (int p = 0; p * PANEL_ROWS < rows; ++p) {
+            const uint8_t* pc = codes + p * nb * BLOCK;
+            const uint16_t* ps = scales + p * nb * PANEL_ROWS;
+            const int pr = rows - p * PANEL_ROWS;
+            float* yp = yt + p * PANEL_ROWS;
+            switch (n) {
+                case 1: gemm_q_nt<1, 1, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 2: gemm_q_nt<1, 2, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 3: gemm_q_nt<1, 3, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 4: gemm_q_nt<1, 4, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 5: gemm_q_nt<1, 5, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 6: gemm_q_nt<1, 6, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 7: gemm_q_nt<1, 7, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+                default: gemm_q_nt<1, 8, Q4>(nb, pc, ps, xt, pr, yp, ldy); break;
+            }
+        }
     }
 }
 

@@ -117,15 +117,21 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
 template <bool Q4>
 static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                    float* y, int64_t ldy) {
-    for (int t0 = 0; t0 < nt; t0 += 4) {
-        const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride, x.s + t0 * x.b_stride,
-                         x.q_stride, x.b_stride};
-        float* yt = y + t0 * ldy;
-        switch (nt - t0) {
-            case 1: gemm_q_nt<1, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
-            case 2: gemm_q_nt<2, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
-            case 3: gemm_q_nt<3, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
-            default: gemm_q_nt<4, Q4>(nb, codes, scales, xt, rows, yt, ldy); break;
+    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    for (int p = 0; p * PANEL_ROWS < rows; ++p) {  // one panel at a time
+        const int pr = rows - p * PANEL_ROWS < PANEL_ROWS ? rows - p * PANEL_ROWS : PANEL_ROWS;
+        const uint8_t* pc = codes + p * nb * BLOCK;
+        const uint16_t* ps = scales + p * nb * PANEL_ROWS;
+        for (int t0 = 0; t0 < nt; t0 += 4) {
+            const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride,
+                             x.s + t0 * x.b_stride, x.q_stride, x.b_stride};
+            float* yt = y + t0 * ldy + p * PANEL_ROWS;
+            switch (nt - t0) {
+                case 1: gemm_q_nt<1, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
+                case 2: gemm_q_nt<2, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
+                case 3: gemm_q_nt<3, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
+                default: gemm_q_nt<4, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
+            }
         }
     }
 }

@@ -43,12 +43,13 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
         const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
         const float* xd = x.d + t * x.b_stride;
         for (int r = 0; r < rows; ++r) {
+            const int64_t p = r / PANEL_ROWS, rr = r % PANEL_ROWS;  // the panel of row r, its row there
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; ++b) {
-                const uint8_t* blk = codes + size_t(b) * block_bytes;
+                const uint8_t* blk = codes + size_t(p * nb + b) * block_bytes;
                 int32_t dot = 0;
-                for (int k = 0; k < QK; ++k) dot += (Q4 ? q4_value(blk, r, k) : q8_value(blk, r, k)) * xq[b * QK + k];
-                acc += f16_to_f32(scales[b * PANEL_ROWS + r]) * xd[b] * float(dot);
+                for (int k = 0; k < QK; ++k) dot += (Q4 ? q4_value(blk, int(rr), k) : q8_value(blk, int(rr), k)) * xq[b * QK + k];
+                acc += f16_to_f32(scales[(p * nb + b) * PANEL_ROWS + rr]) * xd[b] * float(dot);
             }
             y[t * ldy + r] = acc;
         }
