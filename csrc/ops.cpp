@@ -30,10 +30,12 @@ void MatmulInput::prepare(const KernelTable& k, const float* x_, int64_t T_, int
     for (int64_t t = 0; t < T; ++t) k.quantize_act(K, x + t * K, q + t * K, d + t * nb, s + t * nb);
 }
 
-// Quantized weights: one kernel call per (GEMM_ROWS weight rows, tile of GEMM_NT activation rows). A thread takes a
-// contiguous range of panels. Decode (T <= GEMM_NT) streams each panel once; for more rows a group of panels small enough to
-// stay in L2 (~256 KiB) sees every activation tile before the next group, so each weight byte comes from DRAM once
-// per matmul and an activation tile stays in L1 across the group.
+// Quantized weights: one kernel call per (GEMM_ROWS weight rows, tile of GEMM_NT activation rows) over groups of
+// consecutive panels. Decode (T <= GEMM_NT) streams each panel once, one group per thread (a static split): a
+// contiguous run for the prefetchers. For more rows a group small enough to stay in L2 (~256 KiB) sees every activation tile before the
+// next group, so each weight byte comes from DRAM once per matmul and an activation tile stays in L1 across the
+// group; the groups are handed out dynamically, since on a shared machine one thread often runs slower and a static
+// split made the other wait at every matmul's barrier.
 static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy,
                          int n_threads) {
     const int64_t K = w.cols, T = in.T, nb = K / QK, n_panels = w.panels();
@@ -44,13 +46,13 @@ static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInpu
     const ActRows x{in.acts.qs.ptr, in.acts.d.as<float>(), in.acts.sum.as<float>(), K, nb};
     const int64_t per_thread = (n_panels + n_threads - 1) / n_threads;
     const int64_t fit = std::max<int64_t>(GEMM_ROWS / PANEL_ROWS, int64_t((256 << 10) / panel_bytes));
-    const int64_t group = T <= GEMM_NT ? per_thread : std::min(per_thread, fit);
+    const bool decode = T <= GEMM_NT;
+    const int64_t group = decode ? per_thread : std::min(per_thread, fit);
     const int64_t n_groups = (n_panels + group - 1) / group;
     // Decode streams one panel a call (two DRAM streams, codes and scales); prefill, with the panels in L2, gives the
     // kernel GEMM_ROWS so that one activation broadcast feeds two panels.
-    const int64_t call_panels = T <= GEMM_NT ? 1 : GEMM_ROWS / PANEL_ROWS;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t g = 0; g < n_groups; ++g) {
+    const int64_t call_panels = decode ? 1 : GEMM_ROWS / PANEL_ROWS;
+    const auto run_group = [&](int64_t g) {
         const int64_t p0 = g * group, p1 = std::min(n_panels, p0 + group);
         for (int64_t t = 0; t < T; t += GEMM_NT) {
             const ActRows xt{static_cast<const int8_t*>(x.q) + t * K, x.d + t * nb, x.s + t * nb, K, nb};
@@ -62,6 +64,13 @@ static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInpu
                      y + t * ldy + r0, ldy);
             }
         }
+    };
+    if (decode) {  // static: a dynamic loop let one thread take both runs when the other woke late
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t g = 0; g < n_groups; ++g) run_group(g);
+    } else {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+        for (int64_t g = 0; g < n_groups; ++g) run_group(g);
     }
 }
 
