@@ -269,6 +269,13 @@ PYBIND11_MODULE(_core, m) {
         k.quantize_act(n, x.data(), q.mutable_data(), d.mutable_data(), s.mutable_data());
         return py::make_tuple(q, d, s);
     });
+    m.def("kernel_silu_mul", [](const std::string& isa, const f32_array& g, const f32_array& u) {
+        const KernelTable& k = kernel_table(isa);
+        L32_CHECK(g.size() == u.size(), "g and u must have the same length");
+        py::array_t<float> h(g.size());
+        k.silu_mul(g.size(), g.data(), u.data(), h.mutable_data());
+        return h;
+    });
     m.def("quantize", [](const std::string& kind, const f32_array& x) {
         // The reference quantizers: x [rows, cols] f32 -> plain ggml blocks as bytes [rows, cols/32*block]
         L32_CHECK(x.ndim() == 2 && x.shape(1) % QK == 0, "x must be [rows, cols] with cols a multiple of 32");

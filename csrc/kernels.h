@@ -75,6 +75,9 @@ struct KernelTable {
 
     // f32 -> f16, round to nearest even (KV cache writes).
     void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y);
+
+    // h = silu(g) * u = g / (1 + e^-g) * u, elementwise over n values (the SwiGLU gate); h may alias g or u.
+    void (*silu_mul)(int64_t n, const float* g, const float* u, float* h);
 };
 
 namespace scalar { extern const KernelTable table; }

@@ -353,7 +353,7 @@ void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* s
         in.prepare(k, xb, n, d, L.w_gate.type == WType::Q8_0 || L.w_gate.type == WType::Q4_0, nt);
         matmul(k, L.w_gate, in, hb, F, nt);
         matmul(k, L.w_up, in, hb2, F, nt);
-        swiglu(hb, hb2, hb, n * F, nt);
+        swiglu(k, hb, hb2, hb, n * F, nt);
         in.prepare(k, hb, n, F, L.w_down.type == WType::Q8_0 || L.w_down.type == WType::Q4_0, nt);
         matmul(k, L.w_down, in, xb, d, nt);
         for (int64_t i = 0; i < n * d; ++i) x[i] += xb[i];

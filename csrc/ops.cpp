@@ -168,9 +168,11 @@ void rope(float* x, int64_t T, int64_t n_heads, int64_t hd, const float* cs, int
     }
 }
 
-void swiglu(const float* g, const float* u, float* h, int64_t n, int n_threads) {
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+void swiglu(const KernelTable& k, const float* g, const float* u, float* h, int64_t n, int n_threads) {
+    constexpr int64_t CHUNK = 16384;
+    const int64_t n_chunks = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_chunks > 4)
+    for (int64_t c = 0; c < n_chunks; ++c) k.silu_mul(std::min(CHUNK, n - c * CHUNK), g + c * CHUNK, u + c * CHUNK, h + c * CHUNK);
 }
 
 void embed_row(const Matrix& w, int64_t row, float* out) {

@@ -35,7 +35,7 @@ void rmsnorm(const float* x, const float* g, float* y, int64_t rows, int64_t n, 
 void rope(float* x, int64_t T, int64_t n_heads, int64_t hd, const float* cs, int n_threads);
 
 // h = silu(g) * u, elementwise over n values.
-void swiglu(const float* g, const float* u, float* h, int64_t n, int n_threads);
+void swiglu(const KernelTable& k, const float* g, const float* u, float* h, int64_t n, int n_threads);
 
 // The KV cache of one (layer, sequence, KV head): keys in tiles of KV_TILE positions, each tile its 16 keys
 // transposed ([head_dim][16] f32 or f16 values; for q8_0 [head_dim][16] int8 codes, then [head_dim/32][16] f16

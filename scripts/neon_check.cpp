@@ -184,6 +184,14 @@ void check_attention(const KernelTable& k, int64_t nq, int64_t hd, int64_t L) {
     }
 }
 
+void check_silu(const KernelTable& k, int64_t n) {
+    const std::vector<float> g = randn(n, 8.0f), u = randn(n);
+    std::vector<float> h1(n), h2(n);
+    k.silu_mul(n, g.data(), u.data(), h1.data());
+    scalar::table.silu_mul(n, g.data(), u.data(), h2.data());
+    for (int64_t i = 0; i < n; ++i) expect_close("silu_mul", n, 1, h1[i], h2[i], std::fabs(h2[i]));
+}
+
 void check_f16(const KernelTable& k, int64_t n) {
     const std::vector<float> b = randn(n);
     std::vector<uint16_t> bh(n), bh2(n);
@@ -205,6 +213,7 @@ int main() {
                 for (int rows : {1, 5, 8, 13, 16, 17, 29, 32}) check_quant_gemm(k, n, nt, rows);
         for (int64_t n : {32, 64, 96, 2048, 4096}) check_quantize(k, n);
         for (int64_t n : {1, 3, 7, 8, 9, 16, 63, 64, 65, 128, 4097}) check_f16(k, n);
+        for (int64_t n : {1, 17, 1000}) check_silu(k, n);
         for (int64_t nq : {1, 3, 4, 7, 96})
             for (int64_t hd : {32, 48, 64, 128})
                 for (int64_t L : {1, 17, 128, 300}) check_attention(k, nq, hd, L);

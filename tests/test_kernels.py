@@ -107,6 +107,22 @@ def test_activation_quantizer_bit_exact_across_isas(isa, n):
     np.testing.assert_array_equal(d, dref)
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000])
+def test_silu_mul_against_numpy_f64(isa, n):
+    rng = np.random.default_rng(n)
+    g = (rng.standard_normal(n) * 8).astype(np.float32)
+    u = rng.standard_normal(n).astype(np.float32)
+    g[:4] = np.array([0.0, -0.0, 100.0, -100.0], np.float32)[: min(4, n)]
+    h = _core.kernel_silu_mul(isa, g, u)
+    g64 = g.astype(np.float64)
+    ref = g64 / (1.0 + np.exp(-g64)) * u
+    np.testing.assert_allclose(h, ref, rtol=2e-6, atol=1e-30)
+    if n > 1:  # a NaN gate stays NaN, the other lanes are untouched
+        g[1] = np.nan
+        h = _core.kernel_silu_mul(isa, g, u)
+        assert np.isnan(h[1]) and np.isfinite(np.delete(h, 1)).all()
+
+
 def _attention_f64(q, limit, keys, values):
     hd = q.shape[1]
     out = np.zeros(q.shape)

@@ -408,9 +408,24 @@ static void attn_block(int64_t nq, int64_t hd, const float* q, const int32_t* li
     }
 }
 
+// silu(g) * u with e = e^-|g| <= 1 (no overflow): sigmoid(g) = 1 / (1 + e) for g >= 0, e / (1 + e) below. A NaN g
+// stays NaN through the final product with g.
+static void silu_mul(int64_t n, const float* g, const float* u, float* h) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 gv = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_and_ps(gv, abs_mask)));
+        const __m512 num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_LT_OQ), one, e);
+        const __m512 sig = _mm512_div_ps(num, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(h + i, m, _mm512_mul_ps(_mm512_mul_ps(gv, sig), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
 extern const KernelTable table = {
     "avx512", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, gemm_f32, gemm_bf16,
-    kv_to_f32_body<f16_row>, attn_block, quantize_act, to_f16,
+    kv_to_f32_body<f16_row>, attn_block, quantize_act, to_f16, silu_mul,
 };
 
 }  // namespace avx512

@@ -8,6 +8,7 @@
 #include "../common.h"
 #include "../kernels.h"
 #include "attention_tile.h"
+#include "elementwise.h"
 
 namespace l32 {
 namespace neon {
@@ -197,7 +198,7 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
 
 extern const KernelTable table = {
     "neon", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, nullptr, nullptr,
-    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16,
+    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16, silu_mul_body,
 };
 
 }  // namespace neon

@@ -6,6 +6,7 @@
 #include "../formats.h"
 #include "../kernels.h"
 #include "attention_tile.h"
+#include "elementwise.h"
 
 namespace l32 {
 namespace scalar {
@@ -119,7 +120,7 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
 
 extern const KernelTable table = {
     "scalar", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, gemm_f32, gemm_bf16,
-    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16,
+    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16, silu_mul_body,
 };
 
 }  // namespace scalar
