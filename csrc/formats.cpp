@@ -140,16 +140,13 @@ void load_row(const Matrix& m, int64_t r, void* blocks) {
 }
 
 void dequantize_row(const Matrix& m, int64_t r, float* out) {
-    const uint8_t* codes = m.data.as<uint8_t>();
-    const uint16_t* scales = m.scales.as<uint16_t>();
-    for (int64_t b = 0; b < m.blocks_per_row(); ++b) {
-        const uint8_t* src = codes + code_offset(m, r, b);
-        const float d = f16_to_f32(scales[scale_index(m, r, b)]);
-        for (int k = 0; k < QK; ++k) {
-            const int q = m.type == WType::Q8_0 ? int(src[(k / 4) * 64 + k % 4]) - 128
-                                                : (k < 16 ? src[(k / 4) * 64 + k % 4] & 0x0f : src[(k % 16 / 4) * 64 + k % 4] >> 4) - 8;
-            out[b * QK + k] = d * float(q);
-        }
+    const int64_t nb = m.blocks_per_row();
+    const int rr = int(r % PANEL_ROWS);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = m.data.as<uint8_t>() + size_t((r / PANEL_ROWS) * nb + b) * m.panel_block_bytes();
+        const float d = f16_to_f32(m.scales.as<uint16_t>()[scale_index(m, r, b)]);
+        for (int k = 0; k < QK; ++k)
+            out[b * QK + k] = d * float(m.type == WType::Q8_0 ? panel_q8_value(blk, rr, k) : panel_q4_value(blk, rr, k));
     }
 }
 

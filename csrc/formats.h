@@ -78,6 +78,13 @@ void quantize_row_q4_0_ref(const float* x, block_q4_0* y, int64_t n);
 void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t n);
 void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n);
 
+// The signed value (code - 128, nibble - 8) of element k of row r (0..15 within its panel) in one panel block.
+static inline int panel_q8_value(const uint8_t* blk, int r, int k) { return int(blk[(k / 4) * 64 + r * 4 + k % 4]) - 128; }
+static inline int panel_q4_value(const uint8_t* blk, int r, int k) {
+    const uint8_t v = blk[(k % 16 / 4) * 64 + r * 4 + k % 4];
+    return (k < 16 ? v & 0x0f : v >> 4) - 8;
+}
+
 // Row r of a quantized matrix from / to plain ggml blocks (block_q8_0 or block_q4_0 by m.type), lossless.
 // A matrix is zeroed (zero_panels) before its rows are stored, so that padding rows of the last panel add nothing.
 void zero_panels(Matrix& m);

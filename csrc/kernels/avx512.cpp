@@ -246,16 +246,6 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
     }
 }
 
-static void gemm_q8_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                      float* y, int64_t ldy) {
-    gemm_q<false>(nb, codes, scales, x, nt, rows, y, ldy);
-}
-
-static void gemm_q4_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                      float* y, int64_t ldy) {
-    gemm_q<true>(nb, codes, scales, x, nt, rows, y, ldy);
-}
-
 #define L32_DISPATCH_NT(fn, ...)              \
     switch (nt) {                             \
         case 1: fn<1>(__VA_ARGS__); break;    \
@@ -424,7 +414,7 @@ static void silu_mul(int64_t n, const float* g, const float* u, float* h) {
 }
 
 extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, gemm_f32, gemm_bf16,
+    "avx512", dot_f32, dot_bf16, gemm_q<false>, gemm_q<true>, gemm_f32, gemm_bf16,
     kv_to_f32_body<f16_row>, attn_block, quantize_act, to_f16, silu_mul,
 };
 

@@ -29,13 +29,6 @@ static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, flo
     }
 }
 
-// The signed value of code k of row r in block b of a panel (formats.h).
-static inline int q8_value(const uint8_t* blk, int r, int k) { return int(blk[(k / 4) * 64 + r * 4 + k % 4]) - 128; }
-static inline int q4_value(const uint8_t* blk, int r, int k) {
-    const uint8_t v = blk[(k % 16 / 4) * 64 + r * 4 + k % 4];
-    return (k < 16 ? v & 0x0f : v >> 4) - 8;
-}
-
 template <bool Q4>
 static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                    float* y, int64_t ldy) {
@@ -49,22 +42,12 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
             for (int64_t b = 0; b < nb; ++b) {
                 const uint8_t* blk = codes + size_t(p * nb + b) * block_bytes;
                 int32_t dot = 0;
-                for (int k = 0; k < QK; ++k) dot += (Q4 ? q4_value(blk, int(rr), k) : q8_value(blk, int(rr), k)) * xq[b * QK + k];
+                for (int k = 0; k < QK; ++k) dot += (Q4 ? panel_q4_value(blk, int(rr), k) : panel_q8_value(blk, int(rr), k)) * xq[b * QK + k];
                 acc += f16_to_f32(scales[(p * nb + b) * PANEL_ROWS + rr]) * xd[b] * float(dot);
             }
             y[t * ldy + r] = acc;
         }
     }
-}
-
-static void gemm_q8_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                      float* y, int64_t ldy) {
-    gemm_q<false>(nb, codes, scales, x, nt, rows, y, ldy);
-}
-
-static void gemm_q4_0(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                      float* y, int64_t ldy) {
-    gemm_q<true>(nb, codes, scales, x, nt, rows, y, ldy);
 }
 
 static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
@@ -119,7 +102,7 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
 }
 
 extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, gemm_q8_0, gemm_q4_0, gemm_f32, gemm_bf16,
+    "scalar", dot_f32, dot_bf16, gemm_q<false>, gemm_q<true>, gemm_f32, gemm_bf16,
     kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16, silu_mul_body,
 };
 
