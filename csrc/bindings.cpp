@@ -175,7 +175,7 @@ PYBIND11_MODULE(_core, m) {
                  }
                  const Matrix& mat = e.matrix(name);
                  const std::string kind = wtype_name(mat.type);
-                 if (mat.type == WType::Q8_0 || mat.type == WType::Q4_0) {
+                 if (mat.quantized()) {
                      const size_t bs = mat.type == WType::Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
                      py::array_t<uint8_t> a({mat.rows, mat.blocks_per_row() * int64_t(bs)});
                      unpack_rows(mat, a.mutable_data());
@@ -208,7 +208,7 @@ PYBIND11_MODULE(_core, m) {
               const int64_t T = x.shape(0);
               py::array_t<float> y({T, rows});
               MatmulInput in;
-              const bool quant = mat.type == WType::Q8_0 || mat.type == WType::Q4_0;
+              const bool quant = mat.quantized();
               in.prepare(k, x.data(), T, cols, quant, 1);
               matmul(k, mat, in, y.mutable_data(), rows, 1);
               return y;
@@ -225,7 +225,7 @@ PYBIND11_MODULE(_core, m) {
                   for (float& f : *v) { state = state * 1664525u + 1013904223u; f = float(int32_t(state >> 8) % 2001) / 1000.0f; }
               Matrix mat;
               convert_matrix(mat, rows, cols, WType::F32, w.data(), wtype_from_name(wtype), n_threads);
-              const bool quant = mat.type == WType::Q8_0 || mat.type == WType::Q4_0;
+              const bool quant = mat.quantized();
               std::vector<double> times;
               py::gil_scoped_release nogil;
               MatmulInput in;

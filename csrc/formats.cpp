@@ -93,7 +93,7 @@ void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n) {
 
 void zero_panels(Matrix& m) {
     std::memset(m.data.ptr, 0, m.data_bytes());
-    std::memset(m.scales.ptr, 0, size_t(m.panels() * m.blocks_per_row()) * PANEL_ROWS * 2);
+    std::memset(m.scales.ptr, 0, m.scales_bytes());
 }
 
 // Where block b of row r starts in the codes (lane offset included), and the index of its scale.

@@ -59,6 +59,7 @@ struct Matrix {
     size_t panel_block_bytes() const { return type == WType::Q8_0 ? 512 : 256; }  // quantized types only
     size_t row_bytes() const;   // bytes of one row in `data` (float types only)
     size_t data_bytes() const;  // bytes of `data` for rows x cols of this type
+    size_t scales_bytes() const { return size_t(panels() * blocks_per_row()) * PANEL_ROWS * 2; }  // quantized only
 };
 
 // Quantized activations: rows of int8 blocks with one f32 scale and the block's sum of quants

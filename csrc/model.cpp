@@ -133,7 +133,7 @@ void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void
     m.cols = cols;
     m.data.resize(m.data_bytes());
     if (quant_dst) {
-        m.scales.resize(size_t(m.panels() * (cols / QK)) * PANEL_ROWS * 2);
+        m.scales.resize(m.scales_bytes());
         zero_panels(m);
     }
     const int64_t nb = cols / QK;
@@ -330,7 +330,7 @@ void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* s
         const Layer& L = w_.layers[size_t(l)];
         // x = RMSNorm(h; g_attn); q, k, v = Wq x, Wk x, Wv x (x quantized once for all three)
         rmsnorm(x, L.attn_norm.data(), xb, n, d, c.rms_eps, nt);
-        in.prepare(k, xb, n, d, L.wq.type == WType::Q8_0 || L.wq.type == WType::Q4_0, nt);
+        in.prepare(k, xb, n, d, L.wq.quantized(), nt);
         matmul(k, L.wq, in, q, qd, nt);
         matmul(k, L.wk, in, kk, kvd, nt);
         matmul(k, L.wv, in, vv, kvd, nt);
@@ -345,16 +345,16 @@ void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* s
                          kv_.vrows(l, seq[i], h));
         // o = softmax(q k^T / sqrt(hd)) v per head, causal; h = h + Wo o
         attention(l, pos, seq, n);
-        in.prepare(k, att, n, qd, L.wo.type == WType::Q8_0 || L.wo.type == WType::Q4_0, nt);
+        in.prepare(k, att, n, qd, L.wo.quantized(), nt);
         matmul(k, L.wo, in, xb, d, nt);
         for (int64_t i = 0; i < n * d; ++i) x[i] += xb[i];
         // h = h + Wdown(silu(Wgate x) * Wup x), x = RMSNorm(h; g_ffn)
         rmsnorm(x, L.ffn_norm.data(), xb, n, d, c.rms_eps, nt);
-        in.prepare(k, xb, n, d, L.w_gate.type == WType::Q8_0 || L.w_gate.type == WType::Q4_0, nt);
+        in.prepare(k, xb, n, d, L.w_gate.quantized(), nt);
         matmul(k, L.w_gate, in, hb, F, nt);
         matmul(k, L.w_up, in, hb2, F, nt);
         swiglu(k, hb, hb2, hb, n * F, nt);
-        in.prepare(k, hb, n, F, L.w_down.type == WType::Q8_0 || L.w_down.type == WType::Q4_0, nt);
+        in.prepare(k, hb, n, F, L.w_down.quantized(), nt);
         matmul(k, L.w_down, in, xb, d, nt);
         for (int64_t i = 0; i < n * d; ++i) x[i] += xb[i];
         if (interrupt_check) interrupt_check();
@@ -364,7 +364,7 @@ void Engine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* s
     for (int64_t i = 0; i < n_out; ++i) std::memcpy(att + i * d, x + int64_t(out_rows[i]) * d, size_t(d) * 4);
     rmsnorm(att, w_.output_norm.data(), xb, n_out, d, c.rms_eps, nt);
     const Matrix& out = cfg_.tie_word_embeddings ? w_.tok_embd : w_.output;
-    in.prepare(k, xb, n_out, d, out.type == WType::Q8_0 || out.type == WType::Q4_0, nt);
+    in.prepare(k, xb, n_out, d, out.quantized(), nt);
     matmul(k, out, in, logits, c.n_vocab, nt);
 }
 

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 
-
 namespace l32 {
 
 void MatmulInput::prepare(const KernelTable& k, const float* x_, int64_t T_, int64_t K_, bool need_quant,
