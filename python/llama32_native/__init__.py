@@ -9,21 +9,8 @@ from __future__ import annotations
 
 from ._version import __version__
 from .config import PRESETS, LlamaConfig, RopeScaling
-from .errors import (
-    ConfigError,
-    ContextLengthError,
-    Error,
-    GGUFFormatError,
-    MissingTensorError,
-    ModelClosedError,
-    ModelLoadError,
-    NonFiniteWeightsError,
-    NumericalError,
-    SafetensorsFormatError,
-    TensorShapeError,
-    UnexpectedTensorError,
-    UnsupportedDTypeError,
-)
+from .errors import *  # noqa: F403  (the whole hierarchy is public)
+from .errors import __all__ as _error_names
 
 try:
     from . import _core
@@ -55,17 +42,5 @@ __all__ = [
     "SamplingParams",
     "Tokenizer",
     "system_info",
-    "Error",
-    "ModelLoadError",
-    "SafetensorsFormatError",
-    "GGUFFormatError",
-    "ConfigError",
-    "MissingTensorError",
-    "UnexpectedTensorError",
-    "TensorShapeError",
-    "UnsupportedDTypeError",
-    "NonFiniteWeightsError",
-    "ContextLengthError",
-    "NumericalError",
-    "ModelClosedError",
+    *_error_names,
 ]

@@ -1,4 +1,4 @@
-"""The package's exception hierarchy (RELIABILITY.md §1).
+"""The package's exception hierarchy (docs/ERRORS.md).
 
 Every error a user can provoke with bad files, bad parameters or misuse is one of these.
 Tests match on the types, never on the messages.
@@ -47,6 +47,26 @@ class NonFiniteWeightsError(ModelLoadError):
     """NaN or Inf in a weight (only checked with check_tensors=True)."""
 
 
+class TokenizerError(ModelLoadError):
+    """Tokenizer data (tokenizer.json, tokenizer.model, GGUF metadata, a saved file) is malformed or unsafe."""
+
+
+class ModelNotFoundError(ModelLoadError):
+    """A model name, repo id or path cannot be resolved to files on this machine (and cannot be downloaded)."""
+
+
+class ResourceLimitError(ModelLoadError):
+    """Loading would need more memory than the machine (or its cgroup) has; the message states both."""
+
+
+class InvalidArgumentError(Error, ValueError):
+    """An argument has a value out of range or otherwise unusable (raised before any compute)."""
+
+
+class InvalidArgumentTypeError(Error, TypeError):
+    """An argument has the wrong type (raised before any compute)."""
+
+
 class ContextLengthError(Error, ValueError):
     """The prompt (plus the tokens to generate) does not fit in the context."""
 
@@ -65,6 +85,18 @@ class ModelClosedError(Error, RuntimeError):
     """The model (or session) was used after close()."""
 
 
+class NoFreeSlotError(Error, RuntimeError):
+    """Every sequence slot of the model is in use (close a session, finish a generator, or raise max_sequences)."""
+
+
+class EngineError(Error, RuntimeError):
+    """The C++ engine refused an operation (the message says why)."""
+
+
+class GenerationError(Error, RuntimeError):
+    """A generation could not go on (a constraint that cannot be satisfied, a failed draft model, ...)."""
+
+
 __all__ = [
     "Error",
     "ModelLoadError",
@@ -76,7 +108,15 @@ __all__ = [
     "TensorShapeError",
     "UnsupportedDTypeError",
     "NonFiniteWeightsError",
+    "TokenizerError",
+    "ModelNotFoundError",
+    "ResourceLimitError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "ContextLengthError",
     "NumericalError",
     "ModelClosedError",
+    "NoFreeSlotError",
+    "EngineError",
+    "GenerationError",
 ]
