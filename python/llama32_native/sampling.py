@@ -197,6 +197,40 @@ class Sampler:
         return self._sample_from(x, m)
 
     def _sample_from(self, x: np.ndarray, m: float) -> int:
+        ids, w = self._candidates(x, m)
+        j = self._pick_weighted(w)
+        return j if ids is None else int(ids[j])
+
+    def probs(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
+        """The float64 distribution [n_vocab] that ``sample`` draws from (after the repetition penalty,
+        temperature, top-k, top-p and min-p; one-hot at the argmax when greedy). Draws nothing."""
+        x = self._as_logits(logits)
+        if not (math.isfinite(float(x.max())) and math.isfinite(float(x.min()))):
+            raise NumericalError("logits contain NaN or Inf")
+        if self.params.repetition_penalty != 1.0 and len(history):
+            x = self._penalize(x, history)
+        out = np.zeros(self.n_vocab, dtype=np.float64)
+        if self._greedy:
+            out[int(np.argmax(x))] = 1.0
+            return out
+        ids, w = self._candidates(x, float(x.max()))
+        if ids is None:
+            out[:] = w
+        else:
+            out[ids] = w
+        out /= out.sum()
+        return out
+
+    def draw(self, weights: np.ndarray) -> int:
+        """An index drawn with probability ``weights[i] / sum(weights)`` from this sampler's generator."""
+        return self._pick_weighted(np.asarray(weights))
+
+    def uniform(self) -> float:
+        """A uniform draw in [0, 1) from this sampler's generator."""
+        return float(self._rng.random())
+
+    def _candidates(self, x: np.ndarray, m: float) -> tuple[np.ndarray | None, np.ndarray]:
+        """(ids, unnormalized weights) of the tokens a draw may pick; ids None: w covers every id."""
         p = self.params
         inv_t = 1.0 / float(p.temperature)
         ids: np.ndarray | None = None  # None: w covers every id
@@ -219,8 +253,7 @@ class Sampler:
             w = self._weights(x, m, inv_t)
         if p.min_p > 0.0:  # weights are relative to the top token (weight 1); zero the rest
             np.multiply(w, w >= np.float32(p.min_p), out=w)
-        j = self._pick_weighted(w)
-        return j if ids is None else int(ids[j])
+        return ids, w
 
     def _min_p_logit(self, m: float) -> float:
         """Logit at which the probability is min_p times the top one."""
