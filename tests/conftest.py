@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import re
 import sys
 
 import numpy as np
@@ -25,6 +27,53 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
     return env
+
+
+# Skips CI accepts: (reason pattern, condition, why). With env CI set, any other skip fails the session, so a
+# test that stops running (a package missing from the test extras, a fixture gone) cannot pass CI unnoticed.
+ALLOWED_SKIPS: list[tuple[str, bool, str]] = [
+    (r"root reads files whatever their mode", True,
+     "the unreadable-file test cannot fail as root, and CI containers run as root"),
+    (r"no chromium", True,
+     "the chat-page test drives Debian's chromium, which .ci/run installs only where apt-get works as root"),
+    (r"could not import 'atheris'", platform.machine() != "x86_64",
+     "atheris has wheels for x86_64 Linux only (the test extras' marker)"),
+]
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def unexpected_skips(reports) -> list[tuple[str, str]]:
+    """(test id, reason) of every skip no allowed pattern matches."""
+    allowed = [pattern for pattern, applies, _ in ALLOWED_SKIPS if applies]
+    out = []
+    for r in reports:
+        reason = _skip_reason(r)
+        if not any(re.search(pattern, reason) for pattern in allowed):
+            out.append((r.nodeid, reason))
+    return out
+
+
+def _skipped_reports(config) -> list:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return [r for r in (reporter.stats.get("skipped", []) if reporter else []) if getattr(r, "skipped", False)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CI") and exitstatus == 0 and unexpected_skips(_skipped_reports(session.config)):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    bad = unexpected_skips(_skipped_reports(config))
+    if bad and os.environ.get("CI"):
+        terminalreporter.section("unexpected skips (CI fails on a skip not in tests/conftest.py ALLOWED_SKIPS)")
+        for nodeid, reason in bad:
+            terminalreporter.line(f"{nodeid}: {reason}")
 
 
 def pytest_report_header(config):
