@@ -1,12 +1,19 @@
-"""NumPy reference quantizers for q8_0 and q4_0: the spec the C++ quantizers match bit for bit.
+"""NumPy reference of the weight formats: quantizers, dequantizers and the integer dot the kernels compute.
 
-Blocks are ggml's (Q8_0: f16 d + 32 int8; Q4_0: f16 d + 16 bytes, byte j = element j (low nibble) and
-element j+16 (high nibble)). Rounding is half to even everywhere (np.rint), scales are computed in f32.
+Contract: the C++ quantizers and kernels match these bit for bit. Blocks are ggml's: Q8_0 {f16 d; i8 q[32]};
+Q4_0 {f16 d; u8 qs[16]}, byte j = element j (low nibble) and element j+16 (high nibble), y = d * (q - 8);
+Q4_1 {f16 d; f16 m; u8 qs[16]}, y = d * q + m; IQ4_NL {f16 d; u8 qs[16]}, y = d * IQ4_GRID[q].
+Rounding is half to even everywhere (np.rint), scales are computed in f32.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+# IQ4_NL's 16 non-linear levels (ggml's kvalues_iq4nl): a 4-bit code indexes this grid.
+IQ4_GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+# Bytes of one plain block of 32 weights, by kind.
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "iq4_nl": 18}
 
 
 def _blocks(x: np.ndarray) -> np.ndarray:
@@ -46,17 +53,121 @@ def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape[0], -1)
 
 
-def dequantize(blocks: np.ndarray, kind: str, cols: int) -> np.ndarray:
-    """Plain blocks [rows, cols/32*block] -> f32 [rows, cols]."""
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """[..., 32] codes 0..15 -> [..., 16] bytes, byte j = code j (low nibble) | code j+16 (high nibble)."""
+    return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+
+
+def _f16_bytes(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float16).view(np.uint8).reshape(v.shape + (2,))
+
+
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 -> uint8 [rows, cols/32*20]: m = min, d = (max - min) / 15,
+    q = clamp(rint((x - m) * (1/d)), 0, 15)."""
+    b = _blocks(x)
+    lo = b.min(axis=-1)
+    d = ((b.max(axis=-1) - lo) / np.float32(15)).astype(np.float32)
+    q = np.clip(np.rint((b - lo[..., None]) * _f32_recip(d)[..., None]), 0, 15).astype(np.uint8)
+    out = np.empty(b.shape[:2] + (20,), dtype=np.uint8)
+    out[..., 0:2] = _f16_bytes(d)
+    out[..., 2:4] = _f16_bytes(lo)
+    out[..., 4:] = _pack_nibbles(q)
+    return out.reshape(x.shape[0], -1)
+
+
+# Midpoints between consecutive grid levels: a value goes to the nearest level, a tie to the lower one.
+_IQ4_MIDS = ((IQ4_GRID[:-1].astype(np.float32) + IQ4_GRID[1:].astype(np.float32)) / 2).astype(np.float32)
+
+
+def iq4_nearest(v: np.ndarray) -> np.ndarray:
+    """Index of the grid level nearest each f32 value (ties to the lower level)."""
+    return np.searchsorted(_IQ4_MIDS, v, side="left").astype(np.uint8)
+
+
+def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: d = m / -127 (m: the value of largest |x|, first wins),
+    q = the grid level nearest x * (1/d)."""
+    b = _blocks(x)
+    idx = np.abs(b).argmax(axis=-1)
+    m = np.take_along_axis(b, idx[..., None], axis=-1)[..., 0]
+    d = (m / np.float32(-127)).astype(np.float32)
+    q = iq4_nearest((b * _f32_recip(d)[..., None]).astype(np.float32))
+    out = np.empty(b.shape[:2] + (18,), dtype=np.uint8)
+    out[..., 0:2] = _f16_bytes(d)
+    out[..., 2:] = _pack_nibbles(q)
+    return out.reshape(x.shape[0], -1)
+
+
+QUANTIZERS = {"q8_0": quantize_q8_0, "q4_0": quantize_q4_0, "q4_1": quantize_q4_1, "iq4_nl": quantize_iq4_nl}
+
+
+def split_blocks(blocks: np.ndarray, kind: str, cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Plain blocks [rows, cols/32*bytes] -> (signed values q [rows, nb, 32] int32, d [rows, nb] f32, m or None):
+    every kind dequantizes as y = d * q (+ m for q4_1)."""
     rows = blocks.shape[0]
-    bb = 34 if kind == "q8_0" else 18
-    b = np.ascontiguousarray(blocks).reshape(rows, cols // 32, bb)
+    b = np.ascontiguousarray(blocks).reshape(rows, cols // 32, BLOCK_BYTES[kind])
     d = b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = None
     if kind == "q8_0":
-        q = b[..., 2:].view(np.int8).astype(np.float32)
-    elif kind == "q4_0":
-        qs = b[..., 2:]
-        q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32) - 8
+        return b[..., 2:].view(np.int8).astype(np.int32), d, None
+    if kind == "q4_1":
+        m = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    qs = b[..., -16:]
+    codes = np.concatenate([qs & 15, qs >> 4], axis=-1)
+    if kind == "q4_0":
+        q = codes.astype(np.int32) - 8
+    elif kind == "q4_1":
+        q = codes.astype(np.int32)
+    elif kind == "iq4_nl":
+        q = IQ4_GRID[codes].astype(np.int32)
     else:
         raise ValueError(f"unknown kind {kind!r}")
-    return (q * d[..., None]).reshape(rows, cols)
+    return q, d, m
+
+
+def dequantize(blocks: np.ndarray, kind: str, cols: int) -> np.ndarray:
+    """Plain blocks [rows, cols/32*block] -> f32 [rows, cols]."""
+    if kind not in BLOCK_BYTES:
+        raise ValueError(f"unknown kind {kind!r}")
+    q, d, m = split_blocks(blocks, kind, cols)
+    y = q.astype(np.float32) * d[..., None]
+    if m is not None:
+        y = y + m[..., None]
+    return y.reshape(blocks.shape[0], cols).astype(np.float32)
+
+
+def fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 fused multiply-add, rounded once as the hardware rounds it (a*b is exact in f64; the f64 sum is
+    rounded to odd, which makes the final rounding to f32 correct)."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c64 = c.astype(np.float64)
+    s = p + c64
+    bb = s - p
+    err = (p - (s - bb)) + (c64 - bb)  # s + err == p + c exactly (TwoSum)
+    even = (s.view(np.int64) & 1) == 0
+    fix = (err != 0) & even
+    s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+def gemm_reference(blocks: np.ndarray, kind: str, cols: int, xq: np.ndarray, xd: np.ndarray,
+                   xs: np.ndarray) -> np.ndarray:
+    """The q4_1 / iq4_nl kernels' result, bit for bit: y [T, rows] f32 for weights as plain blocks and int8
+    activation blocks xq [T, cols], their scales xd and block sums xs [T, nb] (xs = xd * sum(xq), ActRows).
+
+    Per row and block b in order: isum = sum(q * xq) (exact int32), v = f32(isum) * dx (one f32 rounding),
+    acc = fma(d, v, acc), then for q4_1 acc = fma(m, xs, acc)."""
+    if kind not in ("q4_1", "iq4_nl"):
+        raise ValueError(f"gemm_reference covers q4_1 and iq4_nl, not {kind!r}")
+    q, d, m = split_blocks(blocks, kind, cols)
+    nb = cols // 32
+    xb = xq.reshape(xq.shape[0], nb, 32).astype(np.int32)
+    isum = np.einsum("rbk,tbk->tbr", q, xb)  # [T, nb, rows], exact in int32 (int64 inside einsum)
+    acc = np.zeros((xq.shape[0], blocks.shape[0]), dtype=np.float32)
+    for b in range(nb):
+        v = isum[:, b, :].astype(np.float32) * xd[:, b, None].astype(np.float32)
+        acc = fma_f32(np.broadcast_to(d[None, :, b], acc.shape), v, acc)
+        if m is not None:
+            acc = fma_f32(np.broadcast_to(m[None, :, b], acc.shape), np.broadcast_to(xs[:, b, None], acc.shape), acc)
+    return acc
