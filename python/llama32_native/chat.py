@@ -1,6 +1,6 @@
 """Chat prompt formats built at token level (Llama 3.2 Instruct, ChatML); never a template engine.
 
-Contract (SPEC.md §6): scaffolding special tokens are inserted as ids; message text is encoded
+Contract (docs/MODEL.md, "Chat format"): scaffolding special tokens are inserted as ids; message text is encoded
 with ``allow_special=False``, so user text can never forge headers or end-of-turn markers.
 """
 
@@ -79,7 +79,7 @@ class ChatFormat(Protocol):
 
 
 class Llama3ChatFormat:
-    """The official Llama 3.2 Instruct prompt (HF chat template), token by token (SPEC §6.2).
+    """The official Llama 3.2 Instruct prompt (HF chat template), token by token (docs/MODEL.md, "Chat format").
 
     ``<|begin_of_text|>``, then always a system block whose text is
     ``"Cutting Knowledge Date: December 2023\\nToday Date: {date}\\n\\n" + system`` (the first

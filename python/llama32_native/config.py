@@ -1,6 +1,6 @@
 """LlamaConfig: the model's hyper-parameters in the package's one vocabulary.
 
-Hugging Face names are mapped here and nowhere else (SPEC.md §1). Every field is validated
+Hugging Face names are mapped here and nowhere else (docs/MODEL.md, "Configuration"). Every field is validated
 once, at construction, so the C++ core never sees an inconsistent shape.
 """
 
@@ -16,14 +16,14 @@ import numpy as np
 
 from .errors import ConfigError
 
-# A config.json larger than this is not a config (RELIABILITY F11: "huge file").
+# A config.json larger than this is not a config (docs/ERRORS.md, "Malformed files").
 MAX_CONFIG_BYTES = 1 << 20
 MAX_POSITIONS = 1 << 20  # far above Llama 3.2's 131072; guards the KV-cache arithmetic
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """llama3 frequency scaling (SPEC.md §3.2)."""
+    """llama3 frequency scaling (docs/MODEL.md, "RoPE")."""
 
     factor: float = 32.0
     low_freq_factor: float = 1.0
@@ -45,7 +45,7 @@ class LlamaConfig:
     rms_eps: float = 1e-5
     rope_scaling: RopeScaling | None = RopeScaling()
     # GGUF stores llama3 scaling as per-pair divisors (`rope_freqs.weight`); when present
-    # they replace rope_scaling (SPEC.md §3.4).
+    # they replace rope_scaling (docs/MODEL.md, "RoPE").
     rope_freq_divisors: tuple[float, ...] | None = None
     tie_word_embeddings: bool = True
     bos_token_id: int = 128000
@@ -132,7 +132,7 @@ class LlamaConfig:
         return self.n_vocab * d + l * per_layer + d + out
 
     def rope_inv_freq(self) -> np.ndarray:
-        """Per-pair angular frequencies ω'_i (float64, length head_dim/2), SPEC.md §3.1-3.4.
+        """Per-pair angular frequencies ω'_i (float64, length head_dim/2), docs/MODEL.md, "RoPE".
 
         The base frequencies are computed in float32 as Meta and Hugging Face do.
         """
@@ -285,7 +285,7 @@ class LlamaConfig:
             raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
 
 
-# The official Llama 3.2 shapes (SPEC.md §1.1). The 3B is hidden 3072, 28 layers, 24 heads,
+# The official Llama 3.2 shapes (docs/MODEL.md, "Configuration"). The 3B is hidden 3072, 28 layers, 24 heads,
 # 8 KV heads, head_dim 128 — not the 2048/26/6 of one public spec sheet.
 PRESETS: dict[str, LlamaConfig] = {
     "llama-3.2-1b": LlamaConfig(

@@ -1,6 +1,6 @@
 """Byte-level BPE tokenizer (tiktoken semantics) for Llama 3 and GPT-2 style vocabularies.
 
-Contract (SPEC.md §5): ids are BPE ranks (whole-piece lookup first, then lowest-rank merges);
+Contract (docs/MODEL.md, "Tokenizer"): ids are BPE ranks (whole-piece lookup first, then lowest-rank merges);
 special-token text in user input is plain text unless ``allow_special=True``; special ids are
 only ever inserted as integers; ``decode`` is byte-exact (UTF-8 with replacement characters).
 """
@@ -32,7 +32,7 @@ __all__ = [
     "llama3_special_tokens",
 ]
 
-# ref: SPEC.md §5.2 — Meta `Tokenizer.pat_str`, identical to the tokenizer.json Split regex.
+# docs/MODEL.md, "Tokenizer": Meta's `Tokenizer.pat_str`, identical to the tokenizer.json Split regex.
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -81,7 +81,7 @@ _LONG_RUN_RE = re.compile(
 
 
 # ---------------------------------------------------------------------------------------------
-# GPT-2 byte-level alphabet (SPEC.md §5.6)
+# GPT-2 byte-level alphabet (docs/MODEL.md, "Tokenizer")
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -126,7 +126,7 @@ def byte_level_from_bytes(b: bytes) -> str:
 
 
 def llama3_special_tokens(n_base: int = LLAMA3_N_BASE, n_vocab: int = LLAMA3_N_VOCAB) -> dict[str, int]:
-    """Meta's special-token names (llama-models 0.3.0) for ids n_base .. n_vocab-1 (SPEC §5.4)."""
+    """Meta's special-token names (llama-models 0.3.0) for ids n_base .. n_vocab-1 (docs/MODEL.md, "Tokenizer")."""
     names = [
         "<|begin_of_text|>",
         "<|end_of_text|>",
@@ -388,8 +388,8 @@ class Tokenizer:
     def from_dir(cls, path: str | os.PathLike[str], n_vocab: int | None = None) -> Tokenizer | None:
         """Tokenizer of a model directory, or None if it has none.
 
-        ``tokenizer.json`` wins when present (its added_tokens carry the special names, SPEC
-        §5.4); else ``tokenizer.model`` or ``original/tokenizer.model`` with Meta's names.
+        ``tokenizer.json`` wins when present (its added_tokens carry the special names;
+        docs/MODEL.md, "Tokenizer"); else ``tokenizer.model`` or ``original/tokenizer.model`` with Meta's names.
         """
         root = Path(path)
         if (root / "tokenizer.json").is_file():
@@ -504,7 +504,7 @@ class Tokenizer:
             if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0 or not isinstance(content, str):
                 raise ModelLoadError(f"tokenizer file {path}: added_tokens[{i}] needs an int id and str content")
             if n_vocab is not None and tid >= n_vocab:
-                continue  # e.g. the vision tokenizer's <|image|> = 128256 (SPEC §5.4)
+                continue  # e.g. the vision tokenizer's <|image|> = 128256 (docs/MODEL.md, "Tokenizer")
             specials.setdefault(content, tid)
         return specials
 

@@ -1,7 +1,7 @@
 """GGUF reader: a bounds-checked parser over an mmap, and the llama-architecture importer.
 
 Contract: `read_gguf` checks every count, length, dim, type and offset against the bytes left in
-the file before it allocates anything for it (RELIABILITY.md G1) and raises `GGUFFormatError`
+the file before it allocates anything for it (docs/FORMATS.md, "GGUF") and raises `GGUFFormatError`
 naming the key or tensor at fault. `load_gguf` maps a llama GGUF to `LlamaConfig` plus tensors in
 the package's layout: PyTorch [out, in] shapes and Hugging Face's half-split RoPE rows for q/k.
 """
@@ -514,7 +514,7 @@ def _parse(mm: mmap.mmap, size: int, path: str) -> GGUFFile:
 _GLOBAL_TENSORS = {"token_embd": "tok_embd", "output_norm": "output_norm", "output": "output"}
 _KEPT_QUANT = {"Q4_0": "q4_0", "Q8_0": "q8_0"}
 _DEQUANTIZED = frozenset({"Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"})
-# end-of-generation tokens recognised by their text, as llama.cpp does (SPEC.md §7.3)
+# end-of-generation tokens recognised by their text, as llama.cpp does (docs/MODEL.md, "Stop tokens")
 EOG_TOKEN_TEXTS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "<|im_end|>")
 TOKEN_TYPE_CONTROL = 3
 
@@ -593,7 +593,7 @@ def _eos_ids(g: GGUFFile, tokens: list[str] | None, n_vocab: int) -> tuple[int, 
 
 
 def gguf_config(g: GGUFFile) -> LlamaConfig:
-    """LlamaConfig from the `llama.*` metadata and the tensor table (SPEC.md §7.3)."""
+    """LlamaConfig from the `llama.*` metadata and the tensor table (docs/MODEL.md, "Configuration")."""
     arch = g.metadata.get("general.architecture")
     if arch != "llama":
         raise ConfigError(f"{g.path}: general.architecture = {arch!r}, only 'llama' is supported")
@@ -674,7 +674,7 @@ def _internal_names(g: GGUFFile, config: LlamaConfig) -> dict[str, str]:
 
 
 def hf_row_order(n_heads: int, head_dim: int) -> np.ndarray:
-    """Row gather index turning GGUF interleaved q/k rows into HF half-split rows (SPEC.md §3.3).
+    """Row gather index turning GGUF interleaved q/k rows into HF half-split rows (docs/MODEL.md, "RoPE").
 
     W_hf[a*hd + s*(hd/2) + i] = W_gguf[a*hd + 2i + s], i.e. W_hf = W_gguf[index].
     """

@@ -1,4 +1,4 @@
-"""Vectorized NumPy dequantizers for the GGUF block formats (SPEC.md §7.4).
+"""Vectorized NumPy dequantizers for the GGUF block formats (docs/FORMATS.md, "GGUF").
 
 Contract: each `dequant_<type>(raw)` takes the raw bytes of whole blocks (uint8, any shape whose
 size is a multiple of the block size) and returns float32 values in file order, one block's

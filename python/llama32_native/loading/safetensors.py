@@ -1,6 +1,6 @@
 """Our own safetensors reader (validating header parser + read-only mmap) and streaming writer.
 
-Contract: every violation of the format (SPEC.md §4.3, RELIABILITY.md F1-F8, F14) raises
+Contract: every violation of the format (docs/FORMATS.md, "Safetensors"; docs/ERRORS.md, "Malformed files") raises
 SafetensorsFormatError before any tensor byte is touched; nothing is ever allocated from a size
 the file claims before that size is checked against the file's real length.
 """
