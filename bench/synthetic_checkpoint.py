@@ -43,7 +43,7 @@ DONE_MARK = ".complete"
 CONVERTER_TYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 QUANT_FTYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15}
 # Q4_0 with the tied embedding/output table forced to Q8_0 (llama.cpp would pick Q6_K): the
-# same weight layout as this project's q4_0 mode (DESIGN.md §4), for like-for-like timings.
+# same weight layout as this project's q4_0 mode (docs/MODEL.md, "Tensors"), for like-for-like timings.
 QUANT_VARIANTS = {"Q4_0_E8": ("Q4_0", 8)}  # name -> (base type, ggml_type of token_embd)
 GGUF_QTYPES = (*CONVERTER_TYPES, *QUANT_FTYPES, *QUANT_VARIANTS)
 
@@ -72,7 +72,7 @@ class SyntheticSpec:
 
 # ----------------------------------------------------------------------------- HF directory
 def hf_config_dict(cfg: LlamaConfig) -> dict:
-    """config.json of a base Llama 3.2 model with `cfg`'s shapes (SPEC.md §1.1)."""
+    """config.json of a base Llama 3.2 model with `cfg`'s shapes (docs/MODEL.md, "Configuration")."""
     s = cfg.rope_scaling
     rope_scaling = None
     if s is not None:
@@ -112,7 +112,7 @@ def hf_config_dict(cfg: LlamaConfig) -> dict:
 
 
 def tensor_specs(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """HF tensor names and [out, in] shapes in file order (SPEC.md §4.1)."""
+    """HF tensor names and [out, in] shapes in file order (docs/MODEL.md, "Tensors")."""
     d, q, kv, f = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff
     specs = [("model.embed_tokens.weight", (cfg.n_vocab, d))]
     for i in range(cfg.n_layer):
@@ -188,7 +188,7 @@ def _write_safetensors(path: Path, specs, indices: list[int], seed: int, std: fl
     return offset
 
 
-# The 256 special tokens of the Llama 3.2 text models (HF names, SPEC.md §5.4).
+# The 256 special tokens of the Llama 3.2 text models (HF names; docs/MODEL.md, "Tokenizer").
 _NAMED_SPECIALS = {
     0: "<|begin_of_text|>", 1: "<|end_of_text|>", 4: "<|finetune_right_pad_id|>",
     6: "<|start_header_id|>", 7: "<|end_header_id|>", 8: "<|eom_id|>", 9: "<|eot_id|>",

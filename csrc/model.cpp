@@ -1,4 +1,4 @@
-// model.cpp — weights in memory and the Llama 3.2 forward pass (SPEC.md §2-3), one batched entry point.
+// model.cpp — weights in memory and the Llama 3.2 forward pass (docs/MODEL.md, "Forward pass"), one batched entry point.
 #include "model.h"
 
 #include <algorithm>

@@ -21,7 +21,7 @@ with atheris.instrument_imports(include=["llama32_native"]):
     import llama32_native.tokenizer  # noqa: E402,F401
 from llama32_native.errors import Error  # noqa: E402
 
-# What RELIABILITY.md allows a parser to raise on hostile input. Everything else is a finding.
+# What the error contract (docs/ERRORS.md) allows a parser to raise on hostile input. Everything else is a finding.
 ALLOWED: tuple[type[BaseException], ...] = (Error,)
 
 

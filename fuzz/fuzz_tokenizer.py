@@ -1,7 +1,7 @@
 """atheris harness: Llama 3 tokenizer encode/decode round trip (Meta's tokenizer.model from llama-models).
 
 Properties: decode(encode(text)) == text for any valid Unicode text; encode never yields special
-ids for plain text (RELIABILITY.md P4); a lone surrogate raises ValueError (documented); decode of
+ids for plain text (docs/MODEL.md, "Tokenizer"); a lone surrogate raises ValueError (documented); decode of
 any in-range ids returns a str; out-of-range ids raise ValueError.
 """
 

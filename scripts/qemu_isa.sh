@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# qemu_isa.sh — CPU-feature dispatch under emulated CPUs (RELIABILITY.md C7) and the NEON kernels on aarch64.
+# qemu_isa.sh — CPU-feature dispatch under emulated CPUs (docs/ARCHITECTURE.md, "Kernel tables") and the NEON kernels on aarch64.
 #
 # 1. Runs tests/test_kernels.py and tests/test_forward.py under qemu-x86_64 user mode with
 #    -cpu Haswell (AVX2, no AVX-512) and -cpu SandyBridge (AVX, no AVX2/FMA/F16C): no SIGILL, and

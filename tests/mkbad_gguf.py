@@ -1,4 +1,4 @@
-"""Crafted malformed GGUF files (RELIABILITY.md G1), built byte by byte from one valid baseline.
+"""Crafted malformed GGUF files (docs/FORMATS.md, "GGUF"), built byte by byte from one valid baseline.
 
 Contract: `VARIANTS` maps a variant name to a zero-argument function returning the file's bytes;
 every variant must make `read_gguf` raise GGUFFormatError, and `baseline()` must parse. The cases

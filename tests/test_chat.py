@@ -1,4 +1,4 @@
-"""Chat format tests: the SPEC §6.2 45-id prompt, template semantics checked against a text
+"""Chat format tests: the 45-id prompt of docs/MODEL.md, "Chat format"; template semantics checked against a text
 rendering tokenized with specials allowed (as Hugging Face does), injection, ChatML, validation."""
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_dequant_float_types(type_name: str) -> None:
 
 
 def test_dequant_spec_examples() -> None:
-    """Hand-made blocks for the traps of SPEC.md §7.4 (nibble order, Q6_K's trailing d, minus dmin*m)."""
+    """Hand-made blocks for the traps of docs/FORMATS.md, "GGUF" (nibble order, Q6_K's trailing d, minus dmin*m)."""
     q4 = np.zeros(18, np.uint8)
     q4[0:2] = np.array([2.0], "<f2").view(np.uint8)
     q4[2] = 0x9A  # element 0 = 0xA - 8 = 2, element 16 = 0x9 - 8 = 1
@@ -134,7 +134,7 @@ def test_ggml_type_table_matches_gguf_package() -> None:
 
 # ---------------------------------------------------------------------------------------- q/k row order
 def to_gguf_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """llama.cpp convert_hf_to_gguf's permute (SPEC.md §3.3): HF half-split rows -> interleaved rows."""
+    """llama.cpp convert_hf_to_gguf's permute (docs/MODEL.md, "RoPE"): HF half-split rows -> interleaved rows."""
     rows, rest = w.shape[0], w.shape[1:]
     hd = rows // n_heads
     return w.reshape(n_heads, 2, hd // 2, *rest).swapaxes(1, 2).reshape(rows, *rest)

@@ -1,4 +1,4 @@
-"""Reliability checks (RELIABILITY.md C1-C4, P1-P6, Z2): interrupts, threads, abandoned streams, leaks, params.
+"""Reliability checks (docs/ERRORS.md): interrupts, threads, abandoned streams, leaks, params.
 
 Run `python tests/test_reliability.py interrupt N` for N interrupt trials per phase (the p50/p95 of
 bench/RELIABILITY_REPORT.md); the pytest run does a few.
@@ -30,7 +30,7 @@ from llama32_native import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = {"temperature": 0.0}
-# Interrupt latency bound asserted in CI: the plan's target is 200 ms (RELIABILITY.md C2); a shared
+# Interrupt latency bound asserted in CI: the target is 200 ms (docs/ERRORS.md, section 7); a shared
 # 2-core runner can stall a layer several times that, so the test allows 1 s and the report gives p50/p95.
 INTERRUPT_BOUND_S = 1.0
 

@@ -395,9 +395,9 @@ def test_bf16_matches_torch(tmp_path: Path) -> None:
     assert back.dtype == torch.bfloat16 and torch.equal(back, t)
 
 
-# Files the reference reader (safetensors 0.8) accepts and we refuse, on purpose: RELIABILITY F4
-# requires duplicate keys and unknown fields to be rejected; SPEC §4.3 says the header starts
-# with '{'; MAX_RANK bounds the shape; serde also reads a struct from a JSON list.
+# Files the reference reader (safetensors 0.8) accepts and we refuse, on purpose: ours
+# rejects duplicate keys and unknown fields and requires the header to start with '{' (docs/FORMATS.md,
+# "Safetensors"); MAX_RANK bounds the shape; serde also reads a struct from a JSON list.
 REFERENCE_MORE_LENIENT = {
     "F3-leading-space",
     "F4-duplicate-tensor",

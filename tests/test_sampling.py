@@ -1,6 +1,6 @@
 """Sampler tests: empirical distributions on tiny known logits against a full-sort reference
 (temperature, top-k, top-p, min-p, repetition penalty), big-vocabulary candidate cuts, seeded
-determinism, greedy, non-finite logits, and SamplingParams validation (RELIABILITY P3)."""
+determinism, greedy, non-finite logits, and SamplingParams validation (docs/ERRORS.md)."""
 
 from __future__ import annotations
 
@@ -240,7 +240,7 @@ def test_history_from_prompt_is_cheap_and_correct() -> None:
     assert s.sample(x, list(range(0, V, 2)) + [top]) != top
 
 
-# --- parameter validation (RELIABILITY P3) -----------------------------------------------------
+# --- parameter validation (docs/ERRORS.md) -----------------------------------------------------
 
 BAD_PARAMS = [
     ("max_new_tokens", 0, ValueError),

@@ -1,4 +1,4 @@
-"""Tokenizer tests: SPEC §5.7 vectors on the real Llama 3 tokenizer.model, Meta's encoder as an
+"""Tokenizer tests: fixed text -> ids vectors on the real Llama 3 tokenizer.model, Meta's encoder as an
 oracle, tokenizer.json equivalence, injection, Unicode edge cases, malformed files, from_vocab."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def tok() -> Tokenizer:
     return llama3_tokenizer()
 
 
-# SPEC.md §5.7
+# Text -> ids of Meta's tokenizer.model (docs/MODEL.md, "Tokenizer")
 VECTORS = [
     ("Hello world", [9906, 1917]),
     ("Hello, world!", [9906, 11, 1917, 0]),
@@ -96,7 +96,7 @@ def test_loads_meta_file_facts(tok: Tokenizer) -> None:
     assert tok.special("<|eot_id|>") == 128009
     assert tok.special("<|start_header_id|>") == 128006
     assert tok.special("<|python_tag|>") == 128010
-    # Meta's names for the reserved slots (SPEC §5.4)
+    # Meta's names for the reserved slots (docs/MODEL.md, "Tokenizer")
     assert tok.special("<|step_id|>") == 128005
     assert tok.special("<|image|>") == 128011
     assert tok.special("<|reserved_special_token_245|>") == 128255
@@ -335,7 +335,7 @@ def test_tokenizer_json_gives_identical_ids(tok: Tokenizer, hf_dir: Path) -> Non
     assert hf.n_vocab == 128256
     assert hf.bos_id == 128000 and hf.eos_id == 128001
     assert hf.stop_tokens == tok.stop_tokens
-    assert "<|image|>" not in hf.special_ids  # id 128256 is out of range (SPEC §5.4)
+    assert "<|image|>" not in hf.special_ids  # id 128256 is out of range
     assert hf.special("<|reserved_special_token_2|>") == 128005  # HF names win over Meta's
     rng = random.Random(99)
     words = [t for t, _ in VECTORS] + EDGE_STRINGS + list(MULTILINGUAL.values())
@@ -345,7 +345,7 @@ def test_tokenizer_json_gives_identical_ids(tok: Tokenizer, hf_dir: Path) -> Non
         assert hf.encode(text, bos=False) == tok.encode(text, bos=False), text
     for i in (0, 1, 100, 127999, 128000, 128009):
         assert hf.token_bytes(i) == tok.token_bytes(i)
-    assert hf.encode(" Việt", bos=False) == [101798]  # whole-piece lookup, not merges (SPEC §5.6)
+    assert hf.encode(" Việt", bos=False) == [101798]  # whole-piece lookup, not merges
 
 
 def test_tokenizer_json_without_n_vocab_keeps_all_added(hf_dir: Path) -> None:
