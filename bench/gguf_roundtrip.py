@@ -5,7 +5,7 @@ GGUF written by llama.cpp's own converter (q/k rows permuted to its interleaved 
     python bench/gguf_roundtrip.py --arch 1b [3b] [--qtype BF16 Q8_0 Q4_0] [--tokens 48]
 
 BF16 is lossless in both files, so the logits must agree to rounding. For Q8_0/Q4_0 the GGUF's blocks are used
-as they are, and llama.cpp's quantizer rounds ties away from zero where ours rounds them to even (docs/FORMATS.md, "Blocks"), so
+as they are, and llama.cpp's quantizer rounds ties away from zero where ours rounds them to even (docs/FORMATS.md), so
 the check is on the weights: every element of every matrix must be equal or one quantization step apart (a
 tie), and such elements must be rare. (Logits are printed too; a random 16-layer network amplifies those rare
 one-step differences, so they are not the criterion.)

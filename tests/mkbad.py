@@ -1,5 +1,5 @@
-"""Generator of malformed safetensors files and HF checkpoint directories (docs/FORMATS.md, "Safetensors" and "Hugging Face
-directories"; docs/ERRORS.md, "Malformed files").
+"""Generator of malformed safetensors files and HF checkpoint directories (docs/FORMATS.md, "Safetensors"
+and "Hugging Face directories"; docs/ERRORS.md, "Malformed files").
 
 Contract: every case carries the exact exception type the loader must raise (None: must load).
 Used by tests/test_safetensors.py, tests/test_hf_loading.py and as a fuzzing seed corpus:

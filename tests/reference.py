@@ -1,4 +1,4 @@
-"""A small NumPy Llama forward in float64 (docs/MODEL.md, "Forward pass", "RoPE"): the always-there oracle for the C++ engine.
+"""A small NumPy Llama forward in float64 (docs/MODEL.md, "Forward pass"): the always-there oracle for the C++ engine.
 
 Weights use the package's internal names and the half-split (Hugging Face) RoPE layout.
 """

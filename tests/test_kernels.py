@@ -1,4 +1,4 @@
-"""Every kernel of every ISA the CPU has, against scalar and NumPy float64, on odd sizes (docs/ARCHITECTURE.md, "Kernel tables")."""
+"""Every kernel of every ISA the CPU has, against scalar and NumPy float64, on odd sizes (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
