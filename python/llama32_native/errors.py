@@ -63,6 +63,10 @@ class InvalidArgumentError(Error, ValueError):
     """An argument has a value out of range or otherwise unusable (raised before any compute)."""
 
 
+class GrammarError(InvalidArgumentError):
+    """A JSON schema, regular expression or grammar that cannot be compiled or uses an unsupported feature."""
+
+
 class InvalidArgumentTypeError(Error, TypeError):
     """An argument has the wrong type (raised before any compute)."""
 
@@ -112,6 +116,7 @@ __all__ = [
     "ModelNotFoundError",
     "ResourceLimitError",
     "InvalidArgumentError",
+    "GrammarError",
     "InvalidArgumentTypeError",
     "ContextLengthError",
     "NumericalError",
