@@ -2,17 +2,19 @@
 
 The real Llama 3 ``tokenizer.model`` ships in Meta's ``llama-models`` PyPI package
 (``pip install --no-deps llama-models``); tests that need it skip only when that package is
-not installed, and fail if it is installed but the file is missing.
+not installed, and fail if it is installed but the file is missing. Tests that only need Llama 3
+conventions (special names, BOS, stop tokens, the chat format) use ``tiny_llama3_tokenizer``.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import importlib.util
 from pathlib import Path
 
 import pytest
-from llama32_native.tokenizer import GPT2_PATTERN, Tokenizer
+from llama32_native.tokenizer import GPT2_PATTERN, LLAMA3_PATTERN, Tokenizer, llama3_special_tokens
 
 CHATML_SPECIALS = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
 # A few multi-byte tokens on top of the 256 single bytes (ids = ranks = merge priority).
@@ -38,6 +40,32 @@ def llama3_tokenizer() -> Tokenizer:
     """The real Llama 3 tokenizer (loaded once per session)."""
     llama3_tokenizer_model_path()  # skip cleanly before touching the cache
     return _load_llama3()
+
+
+# A tiny Llama-3-style vocabulary: the 256 bytes, a few merges (ids = ranks), then Meta's 256 special names from
+# id TINY_LLAMA3_N_BASE on, so Llama 3 conventions (BOS, stop tokens, the chat format) hold with a small vocabulary.
+TINY_LLAMA3_MERGES = [b"He", b"ll", b"llo", b"Hello", b" w", b"or", b"orld", b" world", b"hi", b" there", b"\xf0\x9f"]
+TINY_LLAMA3_N_BASE = 256 + len(TINY_LLAMA3_MERGES)
+TINY_LLAMA3_N_VOCAB = TINY_LLAMA3_N_BASE + 256
+
+
+def tiny_llama3_tiktoken_text() -> str:
+    """The tiny Llama-3-style vocabulary as a Meta ``tokenizer.model`` (``<base64> <rank>`` lines)."""
+    pieces = [bytes([b]) for b in range(256)] + TINY_LLAMA3_MERGES
+    return "".join(f"{base64.b64encode(p).decode()} {rank}\n" for rank, p in enumerate(pieces))
+
+
+def tiny_llama3_tokenizer() -> Tokenizer:
+    """The tiny Llama-3-style tokenizer (what Tokenizer.from_tiktoken_file makes of tiny_llama3_tiktoken_text)."""
+    return Tokenizer.from_vocab(
+        [bytes([b]) for b in range(256)] + TINY_LLAMA3_MERGES,
+        llama3_special_tokens(TINY_LLAMA3_N_BASE, TINY_LLAMA3_N_VOCAB),
+        LLAMA3_PATTERN,
+        None,
+        None,
+        n_vocab=TINY_LLAMA3_N_VOCAB,
+        name="tiny-llama3",
+    )
 
 
 def small_vocab() -> list[bytes | None]:

@@ -9,31 +9,38 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import subprocess_env
+from conftest_tokenizer import TINY_LLAMA3_N_BASE, TINY_LLAMA3_N_VOCAB, tiny_llama3_tiktoken_text
+from llama32_native.loading.safetensors import write_safetensors
+
+# Meta's special ids in the tiny vocabulary: <|begin_of_text|>, then <|end_of_text|>, <|eom_id|>, <|eot_id|>.
+BOS = TINY_LLAMA3_N_BASE
+EOS_IDS = [TINY_LLAMA3_N_BASE + 1, TINY_LLAMA3_N_BASE + 8, TINY_LLAMA3_N_BASE + 9]
 
 
 def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """A Hugging Face Llama directory: hidden 64, 2 layers, Meta's 128256-token tokenizer (from llama_models)."""
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    llama_models = pytest.importorskip("llama_models")
-    tok_src = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
-    if not tok_src.is_file():
-        pytest.skip("llama_models ships no llama3/tokenizer.model")
-    n_embd, n_ff, n_layer, n_head, n_kv, head_dim, n_vocab = 64, 96, 2, 4, 2, 16, 128256
+    """A Hugging Face Llama directory: hidden 64, 2 layers, the tiny Llama-3-style tokenizer as tokenizer.model.
+
+    Written with the package's own safetensors writer: no optional package is needed.
+    """
+    n_embd, n_ff, n_layer, n_head, n_kv, head_dim, n_vocab = 64, 96, 2, 4, 2, 16, TINY_LLAMA3_N_VOCAB
     rng = np.random.default_rng(seed)
 
     def w(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape, dtype=np.float32) * 0.5).astype(np.float32)
 
-    t = {"model.embed_tokens.weight": w(n_vocab, n_embd), "model.norm.weight": np.ones(n_embd, np.float32)}
+    # Special tokens get zero embedding rows, hence (tied) logits of exactly 0 where the others reach several units:
+    # the random model practically never emits one, so generations run to max_tokens with non-empty text, as they
+    # did with a 128256-token vocabulary whose 256 specials were a negligible share.
+    embd = w(n_vocab, n_embd)
+    embd[TINY_LLAMA3_N_BASE:] = 0.0
+    t = {"model.embed_tokens.weight": embd, "model.norm.weight": np.ones(n_embd, np.float32)}
     for i in range(n_layer):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = np.ones(n_embd, np.float32)
@@ -46,17 +53,17 @@ def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
         t[p + "mlp.up_proj.weight"] = w(n_ff, n_embd)
         t[p + "mlp.down_proj.weight"] = w(n_embd, n_ff)
     directory.mkdir(parents=True, exist_ok=True)
-    safetensors_numpy.save_file(t, str(directory / "model.safetensors"))
+    write_safetensors(directory / "model.safetensors", t)
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": n_embd,
         "intermediate_size": n_ff, "num_hidden_layers": n_layer, "num_attention_heads": n_head,
         "num_key_value_heads": n_kv, "head_dim": head_dim, "vocab_size": n_vocab,
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "tie_word_embeddings": True, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+        "tie_word_embeddings": True, "bos_token_id": BOS, "eos_token_id": EOS_IDS,
         "torch_dtype": "float32", "hidden_act": "silu",
     }
     (directory / "config.json").write_text(json.dumps(config))
-    shutil.copy(tok_src, directory / "tokenizer.model")
+    (directory / "tokenizer.model").write_text(tiny_llama3_tiktoken_text())
     return directory
 
 
@@ -86,9 +93,9 @@ def test_info_model(tiny_dir: Path) -> None:
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)["model"]
     assert m["quant"] == "f32"
-    assert m["weight_bytes"] >= 128256 * 64 * 4
+    assert m["weight_bytes"] >= TINY_LLAMA3_N_VOCAB * 64 * 4
     assert m["config"]["n_layer"] == 2 and m["config"]["n_embd"] == 64
-    assert m["tokenizer"]["n_vocab"] == 128256 and m["tokenizer"]["bos_id"] == 128000
+    assert m["tokenizer"]["n_vocab"] == TINY_LLAMA3_N_VOCAB and m["tokenizer"]["bos_id"] == BOS
     assert m["chat_format"] == "Llama3ChatFormat"
     assert "loading" in r.stderr  # progress goes to stderr, never into the JSON
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest_tokenizer import llama3_tokenizer
+from conftest_tokenizer import llama3_tokenizer, tiny_llama3_tokenizer
 from llama32_native.streaming import TextStream
 from llama32_native.tokenizer import GPT2_PATTERN, Tokenizer
 
 
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return llama3_tokenizer()
+@pytest.fixture(scope="module", params=["tiny-llama3", "llama3"])
+def tok(request: pytest.FixtureRequest) -> Tokenizer:
+    """A Llama 3 tokenizer: the tiny one built here (always), Meta's real one (where llama-models is installed)."""
+    return tiny_llama3_tokenizer() if request.param == "tiny-llama3" else llama3_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_first_completed_stop_wins_and_stop_inside_one_token(tok: Tokenizer) -> 
 
 
 def test_specials_skipped_or_shown(tok: Tokenizer) -> None:
-    ids = [128000, *tok.encode("Hi there", bos=False), 128009]
+    ids = [tok.special("<|begin_of_text|>"), *tok.encode("Hi there", bos=False), tok.special("<|eot_id|>")]
     chunks, _ = stream_all(tok, ids)
     assert "".join(chunks) == "Hi there"
     chunks, _ = stream_all(tok, ids, skip_special=False)
