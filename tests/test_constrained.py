@@ -84,7 +84,7 @@ def test_regex_and_lark(lltok) -> None:
         ids, _ = _drive(_processor(lltok, constrained.grammar_from_response_format({"type": "regex", "regex": rx})), seed)
         assert re.fullmatch(rx, tok.decode(ids)), tok.decode(ids)
     lark = 'start: "SELECT " col ("," col)* " FROM t;"\ncol: "a" | "b" | "c"'
-    ids, why = _drive(_processor(lltok, constrained.grammar_from_response_format({"type": "grammar", "grammar": lark})), 0)
+    ids, _ = _drive(_processor(lltok, constrained.grammar_from_response_format({"type": "grammar", "grammar": lark})), 0)
     assert re.fullmatch(r"SELECT [abc](,[abc])* FROM t;", tok.decode(ids)), tok.decode(ids)
 
 

@@ -1,0 +1,167 @@
+"""Tool calling: validation, rendering in the Llama 3.2 and ChatML formats at token level, parsing, and forced calls
+(tool_choice required / named) that always parse and validate, on random logits and on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import jsonschema
+import numpy as np
+import pytest
+from conftest_tokenizer import chatml_tokenizer, llama3_tokenizer
+from llama32_native import constrained, errors, tools
+from llama32_native.chat import ChatMLFormat, Llama3ChatFormat
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Current time in a time zone",
+    "parameters": {"type": "object", "properties": {"tz": {"type": "string", "maxLength": 10},
+                                                    "h24": {"type": "boolean"}},
+                   "required": ["tz"], "additionalProperties": False}}}
+HISTORY = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                          "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+]
+
+
+def _llama3_model() -> types.SimpleNamespace:
+    return types.SimpleNamespace(chat_format=Llama3ChatFormat(llama3_tokenizer()))
+
+
+def test_llama3_renders_meta_prompt_calls_and_ipython() -> None:
+    model = _llama3_model()
+    plan = tools.plan_chat(model, HISTORY, tools=[WEATHER], date_string="02 Dec 2026")
+    tok = llama3_tokenizer()
+    text = tok.decode(plan.prompt_ids)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date")
+    assert "You are an expert in composing functions." in text
+    assert '"name": "get_weather"' in text and text.index("You are an expert") < text.index("Be brief.")
+    assert ('<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", "parameters": '
+            '{"city": "Paris", "unit": "celsius"}}<|eot_id|>') in text
+    assert '<|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>' in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    specials = [i for i in plan.prompt_ids if tok.is_special(i)]
+    assert len(specials) == 1 + 3 * 4 + 2  # bos; system, user, assistant, ipython turns; the open assistant header
+    assert plan.grammar is None and plan.choice == "auto"
+
+
+def test_chatml_renders_hermes_tools() -> None:
+    tok = chatml_tokenizer()
+    model = types.SimpleNamespace(chat_format=ChatMLFormat(tok))
+    plan = tools.plan_chat(model, HISTORY, tools=[WEATHER, TIME], tool_choice="required")
+    text = tok.decode(plan.prompt_ids)
+    assert text.startswith("<|im_start|>system\n# Tools\n")
+    assert "<tools>\n" + json.dumps({"type": "function", "function": tools.normalize_tools([WEATHER])[0].spec()}) in text
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": ' \
+           '"celsius"}}\n</tool_call><|im_end|>' in text
+    assert '<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response><|im_end|>' in text
+    assert plan.grammar is not None and plan.forced
+
+
+def test_tool_choice_none_hides_tools() -> None:
+    plan = tools.plan_chat(_llama3_model(), HISTORY, tools=[WEATHER], tool_choice="none", date_string="x")
+    assert "composing functions" not in llama3_tokenizer().decode(plan.prompt_ids)
+    reply = plan.parse('{"name": "get_weather", "parameters": {}}')
+    assert reply.tool_calls == [] and reply.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("kwargs", "exc"), [
+    ({"tools": "x"}, errors.InvalidArgumentTypeError),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, errors.InvalidArgumentError),
+    ({"tools": [WEATHER, WEATHER]}, errors.InvalidArgumentError),
+    ({"tools": [{"type": "retrieval"}]}, errors.InvalidArgumentError),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, errors.InvalidArgumentError),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, errors.InvalidArgumentError),
+    ({"tool_choice": "required"}, errors.InvalidArgumentError),
+    ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, errors.InvalidArgumentTypeError),
+])
+def test_bad_requests(kwargs: dict, exc: type) -> None:
+    with pytest.raises(exc):
+        tools.plan_chat(_llama3_model(), [{"role": "user", "content": "hi"}], **kwargs)
+
+
+def test_bad_history_call_arguments() -> None:
+    msgs = [{"role": "assistant", "content": None,
+             "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": "{oops"}}]}]
+    with pytest.raises(errors.InvalidArgumentError):
+        tools.plan_chat(_llama3_model(), msgs, tools=[WEATHER])
+
+
+@pytest.mark.parametrize(("text", "calls"), [
+    ('{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "celsius"}}',
+     [("get_weather", {"city": "Oslo", "unit": "celsius"})]),
+    ('<|python_tag|>[{"name": "get_time", "parameters": {"tz": "UTC"}}, {"name": "get_time", "arguments": {}}]',
+     [("get_time", {"tz": "UTC"}), ("get_time", {})]),
+    ("[get_weather(city='San Francisco', unit='celsius'), get_time(tz=\"UTC\", h24=true)]",
+     [("get_weather", {"city": "San Francisco", "unit": "celsius"}), ("get_time", {"tz": "UTC", "h24": True})]),
+    ("The weather is nice.", None),
+    ('{"name": "unknown_tool", "parameters": {}}', None),
+    ("[1, 2]", None),
+])
+def test_llama3_parse(text: str, calls: list | None) -> None:
+    plan = tools.plan_chat(_llama3_model(), [{"role": "user", "content": "hi"}], tools=[WEATHER, TIME])
+    reply = plan.parse(text)
+    if calls is None:
+        assert reply.tool_calls == [] and reply.content == text and reply.finish_reason == "stop"
+    else:
+        assert [(c.name, c.args) for c in reply.tool_calls] == calls
+        assert reply.finish_reason == "tool_calls" and reply.content is None
+        assert len({c.id for c in reply.tool_calls}) == len(calls)
+        assert reply.to_openai()["tool_calls"][0]["type"] == "function"
+
+
+def test_chatml_parse() -> None:
+    model = types.SimpleNamespace(chat_format=ChatMLFormat(chatml_tokenizer()))
+    plan = tools.plan_chat(model, [{"role": "user", "content": "hi"}], tools=[WEATHER, TIME])
+    reply = plan.parse('Sure.\n<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call>\n'
+                       '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}}</tool_call>')
+    assert [(c.name, c.args) for c in reply.tool_calls] == [("get_time", {"tz": "CET"}),
+                                                            ("get_weather", {"city": "Rome", "unit": "celsius"})]
+    assert reply.content == "Sure." and reply.finish_reason == "tool_calls"
+    broken = plan.parse("<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\n</tool_call>")
+    assert broken.tool_calls == [] and broken.finish_reason == "stop"
+
+
+def _drive(proc: constrained.GrammarProcessor, stops: set[int], seed: int, max_tokens: int = 200) -> list[int]:
+    rng = np.random.default_rng(seed)
+    out: list[int] = []
+    while len(out) < max_tokens and not proc.finished():
+        tok = int(np.argmax(proc(rng.standard_normal(proc.n_vocab).astype(np.float32) * 4, out)))
+        if tok in stops:
+            break
+        out.append(tok)
+        proc.accept(tok)
+        for f in [] if proc.finished() else proc.forced():
+            out.append(f)
+            proc.accept(f)
+    return out
+
+
+def _validate(reply: tools.ChatReply, specs: list[dict]) -> None:
+    assert reply.finish_reason == "tool_calls" and len(reply.tool_calls) == 1
+    call = reply.tool_calls[0]
+    schema = next(t["function"]["parameters"] for t in specs if t["function"]["name"] == call.name)
+    jsonschema.validate(call.args, schema)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
+def test_forced_call_on_random_logits_always_parses(choice) -> None:
+    tok = llama3_tokenizer()
+    plan = tools.plan_chat(_llama3_model(), [{"role": "user", "content": "hi"}], tools=[WEATHER, TIME],
+                           tool_choice=choice)
+    lltok = constrained.ll_tokenizer(tok, [128009])
+    for seed in range(4):
+        proc = constrained.GrammarProcessor(lltok, constrained.compile_grammar(plan.grammar, lltok), tok.n_vocab)
+        reply = plan.parse(tok.decode(_drive(proc, {128009}, seed)))
+        _validate(reply, [WEATHER, TIME])
+        if isinstance(choice, dict):
+            assert reply.tool_calls[0].name == "get_time"
