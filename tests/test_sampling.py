@@ -131,11 +131,23 @@ def test_seeded_determinism() -> None:
 def test_non_finite_logits_raise() -> None:
     for params in (SamplingParams(), SamplingParams(do_sample=False)):
         s = Sampler(params, 4)
-        for bad in (np.nan, np.inf, -np.inf):
+        for bad in (np.nan, np.inf):
             x = np.zeros(4, dtype=np.float32)
             x[2] = bad
             with pytest.raises(NumericalError):
                 s.sample(x)
+        with pytest.raises(NumericalError):  # every token forbidden
+            s.sample(np.full(4, -np.inf, dtype=np.float32))
+
+
+def test_masked_logits_are_never_drawn() -> None:
+    """-inf is how a logits processor (a grammar mask) forbids a token: allowed, and never sampled."""
+    x = np.array([-np.inf, 0.5, -np.inf, 0.0, -np.inf], dtype=np.float32)
+    for params in (SamplingParams(do_sample=False), SamplingParams(seed=1, temperature=2.0, top_p=1.0),
+                   SamplingParams(seed=2, top_k=3, repetition_penalty=1.3), SamplingParams(seed=3, min_p=0.01)):
+        s = Sampler(params, 5)
+        assert {s.sample(x, [0, 2]) for _ in range(200)} <= {1, 3}
+        assert s.probs(x)[[0, 2, 4]].sum() == 0.0
 
 
 def test_logits_shape_checked() -> None:

@@ -2,7 +2,8 @@
 
 Contract: SamplingParams validates itself on construction (ValueError/TypeError naming the
 parameter); Sampler.sample never sorts the whole vocabulary when a few hundred candidates
-hold the requested mass, and raises NumericalError on non-finite logits.
+hold the requested mass, and raises NumericalError on NaN or +inf logits; -inf marks a token logits processors
+forbid (grammar masks), and a vector with no finite entry is an error too.
 """
 
 from __future__ import annotations
@@ -186,9 +187,9 @@ class Sampler:
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         """Next token id from float32 ``logits[n_vocab]``; ``history`` = ids seen so far."""
         x = self._as_logits(logits)
-        m = float(x.max())
-        if not (math.isfinite(m) and math.isfinite(float(x.min()))):
-            raise NumericalError("logits contain NaN or Inf")
+        m = float(x.max())  # NaN propagates through max: one check covers NaN, +inf and all -inf
+        if not math.isfinite(m):
+            raise NumericalError("logits contain NaN or +Inf, or no token is allowed")
         if self.params.repetition_penalty != 1.0 and len(history):
             x = self._penalize(x, history)
             m = float(x.max())
@@ -205,8 +206,8 @@ class Sampler:
         """The float64 distribution [n_vocab] that ``sample`` draws from (after the repetition penalty,
         temperature, top-k, top-p and min-p; one-hot at the argmax when greedy). Draws nothing."""
         x = self._as_logits(logits)
-        if not (math.isfinite(float(x.max())) and math.isfinite(float(x.min()))):
-            raise NumericalError("logits contain NaN or Inf")
+        if not math.isfinite(float(x.max())):
+            raise NumericalError("logits contain NaN or +Inf, or no token is allowed")
         if self.params.repetition_penalty != 1.0 and len(history):
             x = self._penalize(x, history)
         out = np.zeros(self.n_vocab, dtype=np.float64)
