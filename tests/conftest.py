@@ -64,7 +64,8 @@ def _skipped_reports(config) -> list:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if os.environ.get("CI") and exitstatus == 0 and unexpected_skips(_skipped_reports(session.config)):
+    ok = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)  # a failure keeps its own status
+    if os.environ.get("CI") and ok and unexpected_skips(_skipped_reports(session.config)):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
