@@ -1,0 +1,422 @@
+"""Speculative decoding: drafters (prompt lookup, a draft model), the exact verification rule, the adaptive draft length.
+
+Contract: `verify_token` emits each token with exactly the target sampler's distribution (greedy: its argmax), whatever
+the drafter proposed; a drafter only changes how many tokens one target forward yields. The n-gram table holds at most
+`max_entries` keys; the controller drafts nothing when the measured acceptance and forward costs say it would not pay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, NoFreeSlotError
+from .sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from .model import Model, Session
+
+__all__ = [
+    "AdaptiveProposer",
+    "DraftLengthController",
+    "DraftModelProposer",
+    "NgramProposer",
+    "Proposer",
+    "forward_costs",
+    "make_proposer",
+    "verify_token",
+]
+
+MAX_SPECULATIVE_TOKENS = 32
+DEFAULT_SPECULATIVE_TOKENS = 8
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """What the generation core asks of a drafter (one instance per generation)."""
+
+    def propose(self, context: Sequence[int], k: int) -> list[int]:
+        """Up to k draft tokens to follow `context` (the prompt and every token emitted so far)."""
+        ...
+
+    def draft_probs(self) -> list[np.ndarray] | None:
+        """The distributions the last drafts were drawn from ([n_vocab] each), or None: each is a point mass."""
+        ...
+
+    def accepted(self, n: int) -> None:
+        """`n` of the last proposed drafts were accepted (the rest are rolled back)."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------------- verification
+
+
+def verify_token(sampler: Sampler, logits: np.ndarray, history: Sequence[int], draft: int | None,
+                 q: np.ndarray | None = None) -> int:
+    """The token emitted at one verified position; the draft is accepted iff the result equals it.
+
+    `logits` are the target's (processed) logits at that position, `history` the ids before it (for the
+    repetition penalty). Greedy: the argmax. Sampling (the speculative-sampling rule): with p the target's
+    distribution and q the drafter's (None: a point mass on `draft`), accept the draft with probability
+    min(1, p(d)/q(d)), else draw from the normalized residual max(0, p - q); the emitted token is distributed
+    as p. `draft=None` (the position after the last draft) draws from p.
+    """
+    if sampler.params.greedy:
+        return sampler.sample(logits, history)
+    p = sampler.probs(logits, history)
+    if draft is None:
+        return sampler.draw(p)
+    d = int(draft)
+    if not 0 <= d < p.size:
+        raise InvalidArgumentError(f"draft token {d} is out of range [0, {p.size})")
+    qd = 1.0 if q is None else float(q[d])
+    if sampler.uniform() * qd < p[d]:  # probability min(1, p(d)/q(d))
+        return d
+    if q is None:
+        residual = p
+        residual[d] = 0.0
+    else:
+        residual = np.maximum(p - np.asarray(q, dtype=np.float64), 0.0)
+    if not residual.sum() > 0.0:  # rejection needs p(d) < q(d), so the residual has mass; rounding aside
+        residual = p
+    return sampler.draw(residual)
+
+
+# ----------------------------------------------------------------------------------------------- drafters
+
+
+class NgramProposer:
+    """Prompt lookup: continue the longest recent n-gram of the context that occurred earlier in it.
+
+    The table maps each n-gram (n in [min_ngram, max_ngram]) to the position after its latest earlier
+    occurrence; it holds at most `max_entries` keys (the least recently written go first), so its memory
+    is bounded by max_entries * (max_ngram + 2) integers whatever the context length.
+    """
+
+    def __init__(self, max_ngram: int = 4, min_ngram: int = 1, max_entries: int = 1 << 16):
+        for name, v, lo, hi in (("max_ngram", max_ngram, 1, 64), ("min_ngram", min_ngram, 1, 64),
+                                ("max_entries", max_entries, 1, 1 << 24)):
+            _check_int(name, v, lo, hi)
+        if min_ngram > max_ngram:
+            raise InvalidArgumentError(f"min_ngram={min_ngram} is larger than max_ngram={max_ngram}")
+        self.max_ngram, self.min_ngram, self.max_entries = max_ngram, min_ngram, max_entries
+        self._table: dict[tuple[int, ...], int] = {}
+        self._tokens: list[int] = []  # the context seen so far (n-grams ending before its last token are indexed)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def propose(self, context: Sequence[int], k: int) -> list[int]:
+        self._sync(context)
+        toks, n_ctx = self._tokens, len(self._tokens)
+        if k <= 0:
+            return []
+        for n in range(min(self.max_ngram, n_ctx - 1), self.min_ngram - 1, -1):
+            pos = self._table.get(tuple(toks[n_ctx - n :]))
+            if pos is not None:
+                return toks[pos : pos + k]
+        return []
+
+    def draft_probs(self) -> None:
+        return None
+
+    def accepted(self, n: int) -> None:
+        pass
+
+    def _sync(self, context: Sequence[int]) -> None:
+        """Index the tokens of `context` not seen yet; start over when it does not extend what was seen."""
+        seen = self._tokens
+        n_old = len(seen)
+        if len(context) < n_old or (n_old and (context[n_old - 1] != seen[-1] or context[0] != seen[0])):
+            self._table.clear()
+            seen.clear()
+            n_old = 0
+        seen.extend(int(t) for t in context[n_old:])
+        # An n-gram ending at i is indexed once token i+1 exists, so a match always has a continuation.
+        for end in range(max(n_old - 1, 0), len(seen) - 1):
+            for n in range(self.min_ngram, min(self.max_ngram, end + 1) + 1):
+                key = tuple(seen[end - n + 1 : end + 1])
+                self._table.pop(key, None)  # re-inserted last: dict order is write order
+                self._table[key] = end + 1
+        while len(self._table) > self.max_entries:
+            del self._table[next(iter(self._table))]
+
+
+class DraftModelProposer:
+    """Drafts with a smaller model of the same vocabulary, in a session of its own (its cache follows the context).
+
+    With greedy `params` (or none) it proposes the draft model's argmax (a point mass for the verifier); with
+    sampling params it draws from its own distributions q under the same settings and reports them. The draft
+    session is taken at the first proposal and given back by close(); with no free draft slot it proposes nothing.
+    """
+
+    def __init__(self, draft: Model, params: SamplingParams | None = None):
+        self.draft = draft
+        if params is not None and not params.greedy:
+            seed = None if params.seed is None else (int(params.seed) + 0x9E3779B97F4A7C15) % 2**64
+            self._sampler: Sampler | None = Sampler(dataclasses.replace(params, seed=seed), draft.config.n_vocab)
+        else:
+            self._sampler = None
+        self._session: Session | None = None
+        self._q: list[np.ndarray] | None = None
+        self._base = 0  # context length of the last proposal
+
+    def propose(self, context: Sequence[int], k: int) -> list[int]:
+        self._q = None
+        k = min(k, self.draft.context_length - len(context))
+        if k <= 0 or not context:
+            return []
+        if self._session is None:
+            self._session = self.draft.try_session(context)
+            if self._session is None:
+                return []
+        s = self._session
+        logits = s.feed_reusing_prefix(context)
+        self._base = len(context)
+        drafts: list[int] = []
+        qs: list[np.ndarray] = []
+        history = list(context)
+        for i in range(k):
+            if self._sampler is None:
+                d = int(np.argmax(logits))
+            else:
+                q = self._sampler.probs(logits, history)
+                d = self._sampler.draw(q)
+                qs.append(q)
+            drafts.append(d)
+            history.append(d)
+            if i + 1 < k:
+                logits = s.feed([d])
+        self._q = qs if self._sampler is not None else None
+        return drafts
+
+    def draft_probs(self) -> list[np.ndarray] | None:
+        return self._q
+
+    def accepted(self, n: int) -> None:
+        if self._session is not None:
+            self._session.truncate(min(self._base + max(0, n), self._session.n_past))
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+# ----------------------------------------------------------------------------------------------- cost model
+
+_COST_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 33)
+_costs: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+_costs_lock = threading.Lock()
+
+
+def forward_costs(model: Model, max_rows: int = MAX_SPECULATIVE_TOKENS + 1, repeats: int = 3) -> np.ndarray:
+    """Seconds of one forward of r rows (all with logits) after a short context, r = 0..max_rows (index 0 unused).
+
+    Measured once per model on this machine (through Model.step, the fastest of `repeats`, row counts interleaved, the
+    rest interpolated linearly) and cached; a model with no free slot or too short a context gets an estimate
+    instead (1 row = 1, +10% per extra row), not cached.
+    """
+    with _costs_lock:
+        cached = _costs.get(model)
+        if cached is not None and cached.size > max_rows:
+            return cached
+        n_prefix = min(32, model.context_length - max_rows)
+        try:
+            if n_prefix < 1:
+                raise NoFreeSlotError("no room")
+            s = model.session()
+        except NoFreeSlotError:
+            return 1.0 + 0.1 * np.maximum(np.arange(max_rows + 1, dtype=np.float64) - 1, 0)
+        rows = [r for r in _COST_ROWS if r < max_rows] + [max_rows]
+        try:
+            rng = np.random.default_rng(0)
+            n_vocab = model.config.n_vocab
+            s.feed([int(t) for t in rng.integers(0, n_vocab, n_prefix)])
+            times: dict[int, list[float]] = {r: [] for r in rows}
+            for rep in range(repeats + 1):  # the first round warms up
+                for r in rows:
+                    ids = [int(t) for t in rng.integers(0, n_vocab, r)]
+                    s.truncate(n_prefix)
+                    t0 = time.perf_counter()
+                    model.step([s], [ids], r)
+                    if rep:
+                        times[r].append(time.perf_counter() - t0)
+        finally:
+            s.reset()
+            s.close()
+        best = [min(times[r]) for r in rows]  # contention only ever adds time
+        best = list(np.maximum.accumulate(best))  # more rows never cost less
+        out = np.interp(np.arange(max_rows + 1), rows, best)
+        _costs[model] = out
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- controller
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens one verifying forward yields with k drafts, each accepted with probability alpha (the first
+    rejection stops the run; the target adds one token of its own): (1 - alpha^(k+1)) / (1 - alpha)."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+class DraftLengthController:
+    """Chooses the draft length K maximizing expected tokens per unit of time, 0 (plain decoding) when none pays.
+
+    cost[r]: seconds of an r-row target forward; draft_cost: seconds to draft one token. The acceptance alpha is
+    the success rate of draft positions, exponentially weighted (`decay` per observed step, from a prior of
+    `prior` over `prior_weight` positions). K is taken only if its predicted speed-up exceeds 1 + `margin`.
+    """
+
+    def __init__(self, cost: np.ndarray, k_max: int, draft_cost: float = 0.0, prior: float = 0.5,
+                 prior_weight: float = 4.0, decay: float = 0.9, margin: float = 0.03):
+        self.cost = np.asarray(cost, dtype=np.float64)
+        self.k_max = min(k_max, self.cost.size - 2)
+        self.draft_cost = draft_cost
+        self.decay, self.margin = decay, margin
+        self._hits, self._trials = prior * prior_weight, prior_weight
+        self.proposed = self.accepted_total = self.steps = 0  # totals, for reports
+
+    @property
+    def alpha(self) -> float:
+        return self._hits / self._trials
+
+    def speedup(self, k: int) -> float:
+        """Predicted tokens per second with k drafts over plain decoding."""
+        t = self.cost[k + 1] + k * self.draft_cost
+        return expected_tokens(self.alpha, k) * self.cost[1] / t
+
+    def choose(self, cap: int | None = None) -> int:
+        k_hi = self.k_max if cap is None else min(cap, self.k_max)
+        best, best_s = 0, 1.0 + self.margin
+        for k in range(1, k_hi + 1):
+            s = self.speedup(k)
+            if s > best_s:
+                best, best_s = k, s
+        return best
+
+    def observe(self, proposed: int, accepted: int, count: bool = True) -> None:
+        """A step drafted `proposed` tokens of which the first `accepted` were taken."""
+        if proposed <= 0:
+            return
+        accepted = max(0, min(accepted, proposed))
+        trials = accepted + (1 if accepted < proposed else 0)
+        self._hits = self.decay * self._hits + accepted
+        self._trials = self.decay * self._trials + trials
+        if count:
+            self.proposed += proposed
+            self.accepted_total += accepted
+            self.steps += 1
+
+
+class AdaptiveProposer:
+    """A drafter behind the draft-length controller: proposes min(k, the controller's K) tokens and feeds the
+    outcome back. While K is 0, prompt lookup is still checked against the next emitted token (free), and a draft
+    model is probed with one draft after an interval that doubles (up to 64 steps) while drafting does not pay.
+    """
+
+    def __init__(self, inner: Proposer, controller: DraftLengthController, cheap: bool):
+        self.inner, self.controller, self.cheap = inner, controller, cheap
+        self._last: list[int] = []
+        self._shadow: tuple[int, int] | None = None  # (position, token) a skipped lookup draft predicted
+        self._idle, self._probe_after = 0, 4
+
+    def propose(self, context: Sequence[int], k: int) -> list[int]:
+        if self._shadow is not None:
+            pos, tok = self._shadow
+            self._shadow = None
+            if len(context) > pos:
+                self.controller.observe(1, int(context[pos] == tok), count=False)
+        k_ctl = self.controller.choose(k)
+        if k_ctl == 0 and k > 0 and not self.cheap:
+            self._idle += 1
+            if self._idle >= self._probe_after:
+                self._idle, self._probe_after, k_ctl = 0, min(2 * self._probe_after, 64), 1
+        elif k_ctl > 0:
+            self._idle, self._probe_after = 0, 4
+        if k_ctl == 0:
+            self._last = []
+            if self.cheap and k > 0:
+                guess = self.inner.propose(context, 1)
+                if guess:
+                    self._shadow = (len(context), guess[0])
+            return []
+        self._last = list(self.inner.propose(context, k_ctl))
+        return self._last
+
+    def draft_probs(self) -> list[np.ndarray] | None:
+        return self.inner.draft_probs() if self._last else None
+
+    def accepted(self, n: int) -> None:
+        if self._last:
+            self.controller.observe(len(self._last), n)
+            self.inner.accepted(n)
+        self._last = []
+
+    def stats(self) -> dict[str, float]:
+        """acceptance: accepted / proposed drafts; tokens_per_forward: emitted tokens per verifying forward."""
+        c = self.controller
+        return {"proposed": c.proposed, "accepted": c.accepted_total, "verify_steps": c.steps,
+                "acceptance": c.accepted_total / c.proposed if c.proposed else 0.0}
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+# ----------------------------------------------------------------------------------------------- factory
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= int(value) <= hi:
+        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def check_speculative(speculative: Any, num_speculative_tokens: Any) -> None:
+    """Validate the user-facing options (before any compute): speculative None | "ngram" | a Model."""
+    from .model import Model
+
+    if speculative is not None and speculative != "ngram" and not isinstance(speculative, Model):
+        if isinstance(speculative, str):
+            raise InvalidArgumentError(f"speculative must be 'ngram' or a draft Model, got {speculative!r}")
+        raise InvalidArgumentTypeError(
+            f"speculative must be None, 'ngram' or a draft Model, not {type(speculative).__name__}")
+    _check_int("num_speculative_tokens", num_speculative_tokens, 1, MAX_SPECULATIVE_TOKENS)
+
+
+def make_proposer(model: Model, speculative: Any, num_speculative_tokens: int | None = DEFAULT_SPECULATIVE_TOKENS,
+                  params: SamplingParams | None = None) -> AdaptiveProposer | None:
+    """The drafter for one generation on `model`: None (no speculation), "ngram" (prompt lookup) or a draft
+    Model with the same vocabulary; wrapped in the adaptive controller capped at num_speculative_tokens."""
+    if num_speculative_tokens is None:
+        num_speculative_tokens = DEFAULT_SPECULATIVE_TOKENS
+    check_speculative(speculative, num_speculative_tokens)
+    if speculative is None:
+        return None
+    k_max = int(num_speculative_tokens)
+    cost = forward_costs(model)
+    if speculative == "ngram":
+        return AdaptiveProposer(NgramProposer(), DraftLengthController(cost, k_max), cheap=True)
+    draft = speculative
+    if draft.config.n_vocab != model.config.n_vocab:
+        raise InvalidArgumentError(
+            f"the draft model's vocabulary ({draft.config.n_vocab} tokens) differs from the target's "
+            f"({model.config.n_vocab})")
+    if draft is model:
+        raise InvalidArgumentError("the draft model must be another Model than the target")
+    draft_cost = float(forward_costs(draft, max_rows=2)[1])
+    controller = DraftLengthController(cost, k_max, draft_cost=draft_cost, prior=0.6)
+    return AdaptiveProposer(DraftModelProposer(draft, params), controller, cheap=False)

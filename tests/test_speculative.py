@@ -1,0 +1,318 @@
+"""Speculative decoding: the verification rule's output distribution, prompt lookup, the draft-length controller.
+
+Contract tested: verify_token's emitted tokens follow the target sampler's distribution for any drafter (chi-square
+over many seeded draws), greedy verification is the argmax, the n-gram table stays bounded, and the controller
+drafts only when the measured acceptance and costs say it pays.
+"""
+
+from __future__ import annotations
+
+import llama32_native as l32
+import numpy as np
+import pytest
+from llama32_native.sampling import Sampler, SamplingParams
+from llama32_native.speculative import (
+    AdaptiveProposer,
+    DraftLengthController,
+    NgramProposer,
+    Proposer,
+    expected_tokens,
+    make_proposer,
+    verify_token,
+)
+from scipy.stats import chisquare
+
+V = 6
+LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 1.5], dtype=np.float32)
+
+
+def _params(**kw) -> SamplingParams:
+    base = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "do_sample": True, "seed": 1234}
+    base.update(kw)
+    return SamplingParams(**base)
+
+
+def _chi2_pvalue(counts: np.ndarray, p: np.ndarray) -> float:
+    """Chi-square goodness of fit over the cells where p > 0 (cells with p = 0 must be empty)."""
+    assert counts[p == 0].sum() == 0, "a token of probability 0 was emitted"
+    keep = p > 0
+    return float(chisquare(counts[keep], p[keep] / p[keep].sum() * counts.sum()).pvalue)
+
+
+# ----------------------------------------------------------------------------------------------- sampler.probs
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 3}, {"top_p": 0.7}, {"min_p": 0.3}, {"temperature": 0.5},
+                                {"repetition_penalty": 1.5}])
+def test_probs_is_the_distribution_sample_draws_from(kw):
+    params = _params(**kw)
+    s = Sampler(params, V)
+    history = [0, 5]
+    p = s.probs(LOGITS, history)
+    assert p.shape == (V,) and abs(p.sum() - 1.0) < 1e-12
+    counts = np.bincount([s.sample(LOGITS, history) for _ in range(20000)], minlength=V)
+    assert _chi2_pvalue(counts, p) > 1e-3
+
+
+def test_probs_greedy_is_one_hot():
+    s = Sampler(SamplingParams(do_sample=False), V)
+    np.testing.assert_array_equal(s.probs(LOGITS), np.eye(V)[0])
+
+
+# ----------------------------------------------------------------------------------------------- verify_token
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 3}, {"top_p": 0.8, "temperature": 0.7}])
+@pytest.mark.parametrize("draft", [0, 4, 5])
+def test_verify_point_mass_emits_the_target_distribution(kw, draft):
+    s = Sampler(_params(**kw), V)
+    p = s.probs(LOGITS)
+    n = 20000
+    counts = np.bincount([verify_token(s, LOGITS, (), draft) for _ in range(n)], minlength=V)
+    assert _chi2_pvalue(counts, p) > 1e-3
+    # and the draft is accepted with probability p(d)
+    assert abs(counts[draft] / n - p[draft]) < 4 * np.sqrt(p[draft] * (1 - p[draft]) / n) + 1e-9
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 2}])
+def test_verify_general_q_emits_the_target_distribution(kw):
+    s = Sampler(_params(**kw), V)
+    p = s.probs(LOGITS)
+    rng = np.random.default_rng(7)
+    q = rng.dirichlet(np.ones(V))  # a drafter that disagrees with the target
+    n = 30000
+    out = np.empty(n, dtype=np.int64)
+    accepted = 0
+    for i in range(n):
+        d = int(rng.choice(V, p=q))
+        out[i] = verify_token(s, LOGITS, (), d, q)
+        accepted += out[i] == d
+    assert _chi2_pvalue(np.bincount(out, minlength=V), p) > 1e-3
+    # acceptance rate of the rule: sum_x min(p, q)
+    expect = float(np.minimum(p, q).sum())
+    assert abs(accepted / n - expect) < 4 * np.sqrt(expect * (1 - expect) / n)
+
+
+def test_verify_with_q_equal_p_always_accepts():
+    s = Sampler(_params(), V)
+    p = s.probs(LOGITS)
+    assert all(verify_token(s, LOGITS, (), d, p) == d for d in range(V) for _ in range(50))
+
+
+def test_verify_greedy_is_the_argmax_whatever_the_draft():
+    s = Sampler(SamplingParams(do_sample=False), V)
+    for d in range(V):
+        assert verify_token(s, LOGITS, (), d) == 0
+        assert verify_token(s, LOGITS, (), d, np.full(V, 1 / V)) == 0
+    # the repetition penalty applies as in plain decoding
+    s = Sampler(SamplingParams(do_sample=False, repetition_penalty=3.0), V)
+    assert verify_token(s, LOGITS, [0], 0) == s.sample(LOGITS, [0]) == 5
+
+
+def test_verify_bonus_position_draws_from_p():
+    s = Sampler(_params(), V)
+    counts = np.bincount([verify_token(s, LOGITS, (), None) for _ in range(20000)], minlength=V)
+    assert _chi2_pvalue(counts, s.probs(LOGITS)) > 1e-3
+
+
+def test_speculative_chain_matches_plain_sampling_on_a_toy_model():
+    """A whole speculative loop (k drafts, verify in order, stop at the first rejection, bonus token) on a
+    Markov-chain 'model' over 4 tokens: the joint law of 3 generated tokens equals plain sampling's."""
+    v = 4
+    rng = np.random.default_rng(3)
+    target = rng.normal(size=(v, v)).astype(np.float32) * 1.5  # logits of the next token given the last
+    drafter = rng.normal(size=(v, v)).astype(np.float32)
+    params = _params()
+    ts, ds = Sampler(params, v), Sampler(_params(seed=99), v)
+    n_seq, length = 12000, 3
+    seqs = np.empty(n_seq, dtype=np.int64)
+    for i in range(n_seq):
+        out = [0]
+        while len(out) < 1 + length:
+            k = int(rng.integers(1, 4))
+            drafts, qs, last = [], [], out[-1]
+            for _ in range(k):
+                q = ds.probs(drafter[last])
+                last = ds.draw(q)
+                drafts.append(last)
+                qs.append(q)
+            ctx = out[-1]
+            for d, q in zip(drafts, qs):
+                tok = verify_token(ts, target[ctx], (), d, q)
+                out.append(tok)
+                ctx = tok
+                if tok != d:
+                    break
+            else:
+                out.append(verify_token(ts, target[ctx], (), None))
+        a, b, c = out[1 : 1 + length]
+        seqs[i] = a * v * v + b * v + c
+    p1 = ts.probs(target[0])
+    joint = np.array([p1[a] * ts.probs(target[a])[b] * ts.probs(target[b])[c]
+                      for a in range(v) for b in range(v) for c in range(v)])
+    assert _chi2_pvalue(np.bincount(seqs, minlength=v**3), joint) > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------- prompt lookup
+
+
+def test_ngram_continues_the_longest_match():
+    ng = NgramProposer(max_ngram=3, min_ngram=1)
+    assert isinstance(ng, Proposer)
+    ctx = [1, 2, 3, 4, 5, 9, 3, 4, 7, 2, 3, 4]
+    # suffix (2,3,4) occurred at 1..3 -> continue with 5, 9, 3; the 2-gram (3,4) would give 7 (its latest)
+    assert ng.propose(ctx, 3) == [5, 9, 3]
+    assert ng.draft_probs() is None
+    # suffix 1-gram only: 8 never seen, nothing to propose
+    assert ng.propose(ctx + [8], 4) == []
+    # the latest occurrence wins for a given n
+    assert NgramProposer(max_ngram=1).propose([7, 1, 7, 2, 7], 2) == [2, 7]
+
+
+def test_ngram_never_matches_the_suffix_itself_and_respects_k():
+    ng = NgramProposer(max_ngram=4)
+    assert ng.propose([5], 3) == []
+    assert ng.propose([5, 5], 3) == [5]
+    assert ng.propose([1, 2, 3, 1, 2], 0) == []
+    assert ng.propose([1, 2, 3, 1, 2], 1) == [3]
+
+
+def test_ngram_incremental_equals_from_scratch_and_restarts_on_a_new_context():
+    rng = np.random.default_rng(0)
+    seq = [int(t) for t in rng.integers(0, 5, 300)]
+    inc = NgramProposer(max_ngram=3)
+    for n in range(1, len(seq), 7):
+        assert inc.propose(seq[:n], 5) == NgramProposer(max_ngram=3).propose(seq[:n], 5)
+    other = [9, 9, 8, 9, 9]
+    assert inc.propose(other, 2) == [8, 9]  # not an extension of what it saw: index rebuilt
+
+
+def test_ngram_table_is_bounded():
+    ng = NgramProposer(max_ngram=4, min_ngram=1, max_entries=400)  # 4 n-grams per position: the last ~100
+    rng = np.random.default_rng(1)
+    seq = [int(t) for t in rng.integers(0, 1000, 5000)]
+    for n in range(10, len(seq), 500):
+        ng.propose(seq[:n], 4)
+        assert len(ng) <= 400
+    ng.propose(seq, 4)
+    assert len(ng) == 400
+    # the most recent n-grams are the ones kept
+    assert ng.propose(seq + seq[-30:-25], 3) == seq[-25:-22]
+
+
+def test_ngram_rejects_bad_arguments():
+    with pytest.raises(l32.InvalidArgumentError):
+        NgramProposer(max_ngram=2, min_ngram=3)
+    with pytest.raises(l32.InvalidArgumentTypeError):
+        NgramProposer(max_entries=1.5)
+
+
+# ----------------------------------------------------------------------------------------------- controller
+
+
+def test_expected_tokens():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(1.0, 5) == 6.0
+    assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
+
+
+def _cost(per_row: float, n: int = 17) -> np.ndarray:
+    return 1.0 + per_row * np.maximum(np.arange(n, dtype=np.float64) - 1, 0)
+
+
+def test_controller_drafts_only_when_it_pays():
+    c = DraftLengthController(_cost(0.05), k_max=8, prior=0.9, prior_weight=10)
+    assert c.choose() >= 4
+    assert c.choose(cap=2) == 2
+    for _ in range(40):  # every draft rejected
+        c.observe(4, 0)
+    assert c.alpha < 0.05 and c.choose() == 0
+    # expensive rows: even a decent acceptance does not pay
+    assert DraftLengthController(_cost(1.0), k_max=8, prior=0.6).choose() == 0
+    # a draft model's own cost shortens the drafts
+    cheap = DraftLengthController(_cost(0.02), k_max=16, prior=0.7).choose()
+    costly = DraftLengthController(_cost(0.02), k_max=16, prior=0.7, draft_cost=0.2).choose()
+    assert cheap > costly >= 1
+
+
+def test_controller_estimates_the_acceptance_rate():
+    c = DraftLengthController(_cost(0.05), k_max=8, decay=0.99)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):  # positions accepted with probability 0.7, the first rejection ends the run
+        k = 6
+        n = 0
+        while n < k and rng.random() < 0.7:
+            n += 1
+        c.observe(k, n)
+    assert abs(c.alpha - 0.7) < 0.06
+
+
+class _Scripted:
+    """A drafter that always proposes the same tokens (for the adaptive wrapper)."""
+
+    def __init__(self, tokens):
+        self.tokens, self.calls = tokens, []
+
+    def propose(self, context, k):
+        self.calls.append(k)
+        return self.tokens[:k]
+
+    def draft_probs(self):
+        return None
+
+    def accepted(self, n):
+        self.calls.append(("acc", n))
+
+
+def test_adaptive_proposer_stops_drafting_and_checks_lookup_for_free():
+    inner = _Scripted([7, 7, 7, 7])
+    ap = AdaptiveProposer(inner, DraftLengthController(_cost(0.05), k_max=4, prior=0.9), cheap=True)
+    ctx = [1, 2, 3]
+    assert ap.propose(ctx, 8) == [7, 7, 7, 7]
+    for _ in range(30):
+        ap.accepted(0)
+        ap.propose(ctx, 8)
+    assert ap.propose(ctx, 8) == []  # stopped drafting
+    assert ap.stats()["acceptance"] == 0.0
+    # while idle, the skipped lookup guess (7) is checked against the token that came next
+    for i in range(60):
+        ctx = ctx + [7]
+        out = ap.propose(ctx, 8)
+        if out:
+            break
+    assert out, "drafting resumes once lookup guesses come true"
+
+
+def test_adaptive_proposer_probes_a_costly_drafter_with_backoff():
+    inner = _Scripted([7, 7])
+    ap = AdaptiveProposer(inner, DraftLengthController(_cost(0.05), k_max=2, prior=0.01, prior_weight=100), False)
+    drafted = [bool(ap.propose([1], 2)) or ap.accepted(0) for _ in range(200)]
+    steps = [i for i, x in enumerate(drafted) if x]
+    assert 3 <= len(steps) <= 8  # probes after 4, 8, 16, 32, 64, 64... idle steps
+    assert all(b - a >= 4 for a, b in zip(steps, steps[1:]))
+
+
+def test_make_proposer_validates_before_work():
+    m = l32.Model.random(_tiny(), quant="f32", max_sequences=2, context_length=64)
+    with pytest.raises(l32.InvalidArgumentError):
+        make_proposer(m, "medusa", 4)
+    with pytest.raises(l32.InvalidArgumentTypeError):
+        make_proposer(m, 3, 4)
+    with pytest.raises(l32.InvalidArgumentError):
+        make_proposer(m, "ngram", 0)
+    with pytest.raises(l32.InvalidArgumentTypeError):
+        make_proposer(m, "ngram", 2.0)
+    with pytest.raises(l32.InvalidArgumentError):
+        make_proposer(m, m, 4)
+    other = l32.Model.random(_tiny(n_vocab=128), quant="f32", max_sequences=2, context_length=64)
+    with pytest.raises(l32.InvalidArgumentError, match="vocabulary"):
+        make_proposer(m, other, 4)
+    assert make_proposer(m, None, 4) is None
+    ap = make_proposer(m, "ngram", 4)
+    assert isinstance(ap, AdaptiveProposer) and ap.controller.k_max == 4
+
+
+def _tiny(**kw):
+    from conftest import tiny_config
+
+    return tiny_config(**kw)
