@@ -115,21 +115,18 @@ def cluster() -> Any:
         c.shutdown()
 
 
-def _node_column(out: Any) -> Any:
-    out["node"] = np.array([ray.get_runtime_context().get_node_id()] * len(out["generated_text"]), dtype=object)
-    return out
-
-
-def _predictor_with_node() -> type:
+def _predictor_on_node() -> type:
     from llama32_native.ray import LlamaPredictor
 
-    class NodePredictor(LlamaPredictor):
-        """LlamaPredictor that also records the node each row ran on."""
+    class PredictorOnNode(LlamaPredictor):
+        """LlamaPredictor that appends the node it was placed on to a file when it starts."""
 
-        def __call__(self, batch: Any) -> Any:
-            return _node_column(super().__call__(batch))
+        def __init__(self, nodes_file: str, **kw: Any) -> None:
+            super().__init__(**kw)
+            with open(nodes_file, "a") as f:
+                f.write(ray.get_runtime_context().get_node_id() + "\n")
 
-    return NodePredictor
+    return PredictorOnNode
 
 
 def _killed_once() -> type:
@@ -161,7 +158,7 @@ def _killed_once() -> type:
 
 
 @needs_smol
-def test_map_batches_two_actors_equal_local_greedy(cluster, local_model) -> None:
+def test_map_batches_two_actors_equal_local_greedy(cluster, local_model, tmp_path) -> None:
     from llama32_native.ray import map_batches_options
 
     rows: list[dict[str, Any]] = [{"id": i, "prompt": p} for i, p in enumerate(PROMPTS)]
@@ -172,7 +169,8 @@ def test_map_batches_two_actors_equal_local_greedy(cluster, local_model) -> None
     ds = ray.data.from_items(rows)
     opts = map_batches_options(SMOL, concurrency=2, threads=1, batch_size=8, max_new_tokens=NEW, do_sample=False,
                                max_sequences=8, **LOAD)
-    out = sorted(ds.map_batches(_predictor_with_node(), **opts).take_all(), key=lambda r: r["id"])
+    opts["fn_constructor_kwargs"]["nodes_file"] = nodes = str(tmp_path / "nodes")
+    out = sorted(ds.map_batches(_predictor_on_node(), **opts).take_all(), key=lambda r: r["id"])
     assert [r["id"] for r in out] == list(range(36))
     for r, p in zip(out, PROMPTS):
         assert r["generated_text"] == greedy(local_model, p), r
@@ -182,7 +180,8 @@ def test_map_batches_two_actors_equal_local_greedy(cluster, local_model) -> None
     assert out[33]["generated_text"] == greedy(local_model, PROMPTS[0], 3)
     assert out[34]["finish_reason"] == "error" and "exceeds the context" in out[34]["error"]
     assert out[35]["finish_reason"] == "error" and "max_new_tokens" in out[35]["error"]
-    assert len({r["node"] for r in out}) == 2  # one actor on each node
+    with open(nodes) as f:
+        assert len(set(f.read().split())) == 2  # num_cpus=threads=1 on 1-CPU nodes: one actor on each node
 
 
 @needs_smol

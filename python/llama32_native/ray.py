@@ -238,13 +238,13 @@ class LlamaServer:
     def __serve_build_asgi_app__(self) -> Any:  # Serve calls this after __init__, in the replica
         from .server import create_app
 
-        self.app = create_app(self.model, self.config, bind_host=self.bind_host)
-        return self.app
+        app = create_app(self.model, self.config, bind_host=self.bind_host)
+        self.scheduler = app.state.scheduler
+        return app
 
     def check_health(self) -> None:
-        """Serve's health check: a dead scheduler thread makes Serve replace this replica."""
-        scheduler = getattr(getattr(self, "app", None), "state", None)
-        scheduler = getattr(scheduler, "scheduler", None)
+        """Serve's periodic health check: a dead scheduler thread makes Serve replace this replica."""
+        scheduler = getattr(self, "scheduler", None)
         if scheduler is not None and not scheduler.healthy:
             raise RuntimeError("the scheduler thread is not running")
 
