@@ -55,7 +55,7 @@ def test_ci_script_and_readme_run_the_same_command() -> None:
     root = HERE.parent
     readme = (root / "README.md").read_text()
     ci = (root / ".ci" / "run").read_text()
-    command = 'pip install ".[test]" "torch==2.13.0" && python -m pytest -q -rs tests'
+    command = 'pip install ".[test,ray]" "torch==2.13.0" && python -m pytest -q -rs tests'
     assert command in readme and command in ci
     assert 'export CI="${CI:-true}"' in ci
     assert os.access(root / ".ci" / "run", os.X_OK)
