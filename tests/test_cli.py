@@ -72,10 +72,11 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_hf") / "tiny")
 
 
-def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = subprocess_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = subprocess_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), **(env or {}))
     return subprocess.run([sys.executable, "-m", "llama32_native", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, check=False)
 
 
 # ---------------------------------------------------------------------- info
@@ -127,15 +128,29 @@ def test_chat_through_stdin(tiny_dir: Path) -> None:
     assert r.stdout.count("\n") >= 2  # two answered turns
 
 
+class _FakeTokenizer:
+    def token_bytes(self, token_id: int) -> bytes:
+        return f"<{token_id}>".encode()
+
+    def is_special(self, token_id: int) -> bool:
+        return False
+
+
 class _FakeChatModel:
-    """Records the conversation each chat() call sees."""
+    """Records the conversation of each reply; answers `n_answer` tokens (1000 + turn number each)."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_answer: int = 1) -> None:
         self.calls: list[list[dict[str, str]]] = []
+        self.n_answer = n_answer
+        self.tokenizer = _FakeTokenizer()
+        self.chat_format = self
 
-    def chat(self, messages, stream=False, **sampling):
+    def encode(self, messages, add_generation_prompt=False):
         self.calls.append([dict(m) for m in messages])
-        return iter([f"answer{len(self.calls)}"])
+        return [1, 2, 3]
+
+    def generate_tokens(self, ids, max_new_tokens=256, **sampling):
+        return iter([1000 + len(self.calls)] * min(self.n_answer, max_new_tokens))
 
 
 def test_chat_loop_history_reset_quit() -> None:
@@ -145,9 +160,55 @@ def test_chat_loop_history_reset_quit() -> None:
     out = io.StringIO()
     rc = ChatLoop(model, {}, system="sys").run(io.StringIO("a\n\nb\n/reset\nc\n/quit\nd\n"), out)
     assert rc == 0
-    assert out.getvalue() == "answer1\nanswer2\nanswer3\n"
-    assert [m["content"] for m in model.calls[1]] == ["sys", "a", "answer1", "b"]  # multi-turn
+    assert out.getvalue() == "<1001>\n<1002>\n<1003>\n"
+    assert [m["content"] for m in model.calls[1]] == ["sys", "a", "<1001>", "b"]  # multi-turn
     assert [m["content"] for m in model.calls[2]] == ["sys", "c"]  # after /reset; "d" after /quit never read
+
+
+def test_chat_unknown_command_gets_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from llama32_native.cli import ChatLoop
+
+    model = _FakeChatModel()
+    out = io.StringIO()
+    ChatLoop(model, {}).run(io.StringIO("/frobnicate now\n/help\n /not a command\n/usr/bin is a path\n"), out)
+    err = capsys.readouterr().err
+    assert "unknown command /frobnicate" in err and err.count("commands: /reset") == 2
+    assert [c[-1]["content"] for c in model.calls] == [" /not a command", "/usr/bin is a path"]  # sent as text
+
+
+def test_chat_marks_a_reply_cut_by_the_token_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    from llama32_native.cli import ChatLoop
+
+    out = io.StringIO()
+    ChatLoop(_FakeChatModel(n_answer=10), {"max_new_tokens": 3}).run(io.StringIO("a\n"), out)
+    assert out.getvalue() == "<1001><1001><1001> [...]\n"
+    assert "reply cut at the limit of 3 tokens" in capsys.readouterr().err
+    out = io.StringIO()
+    ChatLoop(_FakeChatModel(n_answer=2), {"max_new_tokens": 3}).run(io.StringIO("a\n"), out)  # ended by itself
+    assert out.getvalue() == "<1001><1001>\n"
+    assert "cut" not in capsys.readouterr().err
+
+
+def test_chat_cut_mark_on_a_real_model(tiny_dir: Path) -> None:
+    r = run_cli("chat", str(tiny_dir), "-n", "3", "--greedy", "-q", stdin="hi\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n").endswith("[...]") and "reply cut at the limit of 3 tokens" in r.stderr
+
+
+def test_chat_uses_readline_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readline = pytest.importorskip("readline")
+    from llama32_native.cli import _readline_input
+
+    history = tmp_path / "history"
+    readline.clear_history()
+    readline.add_history("an earlier question")
+    readline.write_history_file(str(history))
+    readline.clear_history()
+    monkeypatch.setattr("builtins.input", lambda prompt="": "typed")
+    read = _readline_input(str(history))
+    assert readline.get_history_item(readline.get_current_history_length()) == "an earlier question"
+    assert read() == "typed\n"
+    assert "an earlier question" in history.read_text()
 
 
 # ---------------------------------------------------------------------- quantize
@@ -172,7 +233,7 @@ def test_error_exit_codes(tiny_dir: Path, tmp_path: Path) -> None:
     assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in missing.stderr
     shown = run_cli("--traceback", "generate", str(tmp_path / "nope"), "x")
-    assert shown.returncode == 1 and "Traceback" in shown.stderr and "ModelLoadError" in shown.stderr
+    assert shown.returncode == 1 and "Traceback" in shown.stderr and "ModelNotFoundError" in shown.stderr
     bad_param = run_cli("generate", str(tiny_dir), "x", "--temperature", "-1")
     assert bad_param.returncode == 1 and "temperature" in bad_param.stderr
     too_long = run_cli("generate", str(tiny_dir), "x", "-n", "5000", "--ctx", "64", "-q")
@@ -183,6 +244,51 @@ def test_error_exit_codes(tiny_dir: Path, tmp_path: Path) -> None:
     assert run_cli("frobnicate").returncode == 2
     assert run_cli("generate", str(tiny_dir)).returncode == 2
     assert run_cli("generate", str(tiny_dir), "x", "--quant", "q3_k").returncode == 2
+
+
+def test_context_length_default_is_shared_and_too_long_is_an_error(tiny_dir: Path) -> None:
+    import llama32_native as l32
+    from llama32_native import cli
+    from llama32_native.model import DEFAULT_CONTEXT_LENGTH
+
+    args = cli.build_parser().parse_args(["generate", str(tiny_dir), "x"])
+    assert args.ctx is None  # the CLI leaves it to the library: one default
+    model = l32.Model.from_pretrained(tiny_dir, quant="f32")
+    try:
+        assert model.context_length == min(DEFAULT_CONTEXT_LENGTH, model.config.n_ctx) == 2048
+    finally:
+        model.close()
+    r = run_cli("info", str(tiny_dir), "--quant", "f32", "--json", "-q")
+    assert json.loads(r.stdout)["model"]["context_length"] == 2048
+    with pytest.raises(l32.InvalidArgumentError, match="maximum of 2048"):
+        l32.Model.from_pretrained(tiny_dir, quant="f32", context_length=10_000_000)
+    too_big = run_cli("generate", str(tiny_dir), "x", "--ctx", "10000000", "-q")
+    assert too_big.returncode == 1 and "maximum of 2048" in too_big.stderr
+
+
+def test_pull_list_rm(tmp_path: Path) -> None:
+    env = {"LLAMA32_NATIVE_CACHE": str(tmp_path / "cache"), "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1"}
+    offline = run_cli("pull", "smollm2", env=env)
+    assert offline.returncode == 1 and "pull smollm2" in offline.stderr
+    empty = run_cli("list", env=env)
+    assert empty.returncode == 0 and empty.stdout == "" and "no models" in empty.stderr
+    gguf = os.environ.get("LLAMA32_SMOLLM2_GGUF")
+    if not gguf or not os.path.isfile(gguf):
+        pytest.skip("LLAMA32_SMOLLM2_GGUF is not set")
+    from llama32_native import hub
+
+    target = Path(tmp_path / "cache" / "models" / hub.DEMO.package / Path(hub.DEMO.member).name)
+    target.parent.mkdir(parents=True)
+    os.symlink(gguf, target)
+    pulled = run_cli("pull", "smollm2", env=env)
+    assert pulled.returncode == 0 and pulled.stdout.strip() == str(target)
+    listed = run_cli("list", "--json", env=env)
+    assert [m["name"] for m in json.loads(listed.stdout)] == ["smollm2"]
+    assert run_cli("rm", "smollm2", env=env).returncode == 0
+    assert not target.exists()
+    again = run_cli("rm", "smollm2", env=env)
+    assert again.returncode == 1 and "not in the model cache" in again.stderr
 
 
 def test_bench_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:

