@@ -219,8 +219,8 @@ _profiles_lock = threading.Lock()
 
 @dataclasses.dataclass(frozen=True)
 class ForwardProfile:
-    """cost[r]: seconds of one r-row forward (all rows with logits) on this machine, r = 0..max_rows (cost[0]
-    unused); exact_rows: the most rows whose forward gives each row bit-identical logits to one-row forwards (a
+    """cost[r]: CPU seconds of one r-row forward (all rows with logits) on this machine, r = 0..max_rows (cost[0]
+    unused; CPU time, not wall time: other processes on a shared machine stretch the one, not the other); exact_rows: the most rows whose forward gives each row bit-identical logits to one-row forwards (a
     kernel that sums in another order for more rows, as the float GEMM of bf16 weights does, lowers it)."""
 
     cost: np.ndarray
@@ -229,7 +229,7 @@ class ForwardProfile:
 
 def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1, repeats: int = 2) -> ForwardProfile:
     """The model's ForwardProfile up to max_rows, measured once per model and cached (through Model.step, row
-    counts interleaved, the fastest of `repeats` after a warm-up round, other counts interpolated linearly).
+    counts interleaved, the least CPU time of `repeats` after a warm-up round, other counts interpolated linearly).
 
     A model with no free slot or too short a context gets an estimate instead (1 row = 1, +10% per extra row,
     exact up to 1 row: no drafts), not cached.
@@ -254,15 +254,15 @@ def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1
             for rep in range(repeats + 1):  # the first round warms up
                 for r in rows:
                     s.truncate(n_prefix)
-                    t0 = time.perf_counter()
+                    t0 = time.process_time()
                     out = model.step([s], [ids[n_prefix : n_prefix + r]], r)[0]
                     if rep:
-                        times[r].append(time.perf_counter() - t0)
+                        times[r].append(time.process_time() - t0)
                     exact[r] = exact[r] and bool(np.array_equal(out, single[:r]))
         finally:
             s.reset()
             s.close()
-        best = [min(times[r]) for r in rows]  # contention only ever adds time
+        best = [max(min(times[r]), 1e-9) for r in rows]
         best = list(np.maximum.accumulate(best))  # more rows never cost less
         exact_rows = 1
         for r in rows:
