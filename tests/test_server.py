@@ -247,7 +247,7 @@ def test_disconnect_frees_slot(server) -> None:
             continue  # it had finished before the lock was taken
         break
     assert sched.stats.requests_cancelled == cancelled + 1
-    assert len(model._free_slots) == sched.capacity  # every slot is back
+    assert model.free_slots == model.max_sequences  # every slot is back
 
 
 # ---------------------------------------------------------------------- the chat page in a real browser

@@ -16,8 +16,10 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 ARCHES = {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b"}
 # "q4_0-e4": q4_0 with the embedding/output table at 4 bits too (q4_0 keeps it at 8), to measure that trade.
@@ -45,43 +47,32 @@ def _measure(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, rep
     """Runs inside the worker subprocess."""
     import numpy as np
 
-    from .sampling import Sampler, SamplingParams
+    from .generation import Decoder
 
     t0 = time.perf_counter()
     model = _random_model(arch, quant, threads=threads, context_length=n_prompt + n_gen + 8, max_sequences=1,
                           kv_cache=kv_cache)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    prompt = [int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)]
-    sampler = Sampler(SamplingParams(do_sample=False, max_new_tokens=n_gen), model.config.n_vocab)
-    engine_forward = model._forward
-    core_s = [0.0]
-
-    def timed_forward(*a: Any) -> Any:  # time spent inside the C++ forward, to get Python's share
-        t = time.perf_counter()
-        out = engine_forward(*a)
-        core_s[0] += time.perf_counter() - t
-        return out
-
-    model._forward = timed_forward  # type: ignore[method-assign]
     pp, ttft, tg, py_share = [], [], [], []
-    s = model.session()
     for _ in range(repeats):
-        s.reset()
+        # A new random prompt each time, so nothing is reused from the slot's cache; stop_ids=() decodes all
+        # n_gen tokens whatever the random weights pick. This is the path generate() takes.
+        prompt = [int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)]
+        decoder = Decoder(model)
+        decoder.add(model.generation(prompt, max_new_tokens=n_gen + 1, do_sample=False, stop_ids=()))
         t = time.perf_counter()
-        logits = s.feed(prompt)
-        tok = sampler.sample(logits, prompt)
+        decoder.step()  # prefill and the first token
         first = time.perf_counter() - t
         ttft.append(first)
         pp.append(n_prompt / first)
-        core_s[0] = 0.0
+        engine_s = model.engine_seconds
         t = time.perf_counter()
-        for _ in range(n_gen):
-            logits = s.feed([tok])
-            tok = sampler.sample(logits, ())
+        while decoder.busy:
+            decoder.step()
         dt = time.perf_counter() - t
         tg.append(n_gen / dt)
-        py_share.append(1.0 - core_s[0] / dt)
+        py_share.append(1.0 - (model.engine_seconds - engine_s) / dt)
     kv_read = 2 * model.config.n_layer * model.config.kv_dim * KV_BYTES[kv_cache] * (n_prompt + n_gen / 2)  # mean depth
     return {
         "arch": arch, "quant": quant, "threads": threads, "isa": model.isa, "kv_cache": kv_cache,
@@ -98,50 +89,74 @@ def _measure_batch(arch: str, quant: str, threads: int, batches: Sequence[int], 
     """Aggregate decode tokens/s with B sequences advanced by one forward per step (one weight read for all)."""
     import numpy as np
 
+    from .generation import Decoder
+
     top = max(batches)
     model = _random_model(arch, quant, threads=threads, context_length=n_prompt + n_gen + 8, max_sequences=top)
     rng = np.random.default_rng(0)
-    sessions = [model.session() for _ in range(top)]
     out: dict[str, Any] = {"arch": arch, "quant": quant, "threads": threads, "isa": model.isa, "n_prompt": n_prompt,
                            "n_gen": n_gen, "repeats": repeats, "batch": {}}
     for b in batches:
         runs = []
         for _ in range(repeats):
-            for s in sessions[:b]:  # prompts are prefilled untimed: this measures decode only
-                s.reset()
-                s.feed([int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)])
-            seq = np.asarray([s._slot for s in sessions[:b]], np.int32)
-            rows = np.arange(b, dtype=np.int32)
-            toks = np.asarray(rng.integers(0, model.config.n_vocab, b), np.int32)
+            decoder = Decoder(model)
+            for _ in range(b):
+                prompt = [int(x) for x in rng.integers(0, model.config.n_vocab, n_prompt)]
+                decoder.add(model.generation(prompt, max_new_tokens=n_gen + 1, do_sample=False, stop_ids=()))
+            decoder.step()  # prompts are prefilled untimed: this measures decode only
             t = time.perf_counter()
-            for step in range(n_gen):
-                pos = np.full(b, n_prompt + step, np.int32)
-                logits = model._forward(toks, pos, seq, rows)
-                toks = logits.argmax(axis=1).astype(np.int32)
+            while decoder.busy:
+                decoder.step()
             runs.append(b * n_gen / (time.perf_counter() - t))
         out["batch"][str(b)] = statistics.median(runs)
     return out
 
 
-def _run_worker(call: str) -> dict[str, Any] | None:
+def _run_worker(call: str, label: str = "") -> dict[str, Any] | None:
+    """Run bench.<call> in a fresh Python; a progress line on stderr while it runs (elapsed seconds)."""
     code = f"import json; from llama32_native import bench; print('RESULT ' + json.dumps(bench.{call}))"
-    # The OpenMP runtime's default wait policy (spin, then sleep) is what users get: on a quiet machine it decodes
-    # ~1.5x faster than OMP_WAIT_POLICY=PASSIVE (1B q4_0, 2 threads: 38.1 vs 25.7 tok/s), so it is not overridden.
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    for line in r.stdout.splitlines():
+    # The package's OpenMP wait policy (llama32_native.threads: a bounded spin, then sleep) is what users get; it is
+    # not overridden here, so these figures are those of generate() and serve.
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+    ticker = threading.Thread(target=_progress_ticker, args=(label or call.split("(")[0], done), daemon=True)
+    ticker.start()
+    try:
+        out, err = proc.communicate()
+    finally:
+        done.set()
+        ticker.join()
+    for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    why = (r.stderr or r.stdout).strip()[-500:]
-    if r.returncode < 0:  # killed by a signal: SIGKILL with no output is usually the kernel's OOM killer
-        why = f"killed by signal {-r.returncode}" + (" (out of memory?)" if r.returncode == -9 else "") + (
+    why = (err or out).strip()[-500:]
+    if proc.returncode < 0:  # killed by a signal: SIGKILL with no output is usually the kernel's OOM killer
+        why = f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "") + (
             f": {why}" if why else "")
-    print(f"# worker failed: {why or f'exit code {r.returncode}'}", file=sys.stderr)
+    print(f"# worker failed: {why or f'exit code {proc.returncode}'}", file=sys.stderr)
     return None
+
+
+PROGRESS_EVERY_S = 10.0
+
+
+def _progress_ticker(label: str, done: threading.Event) -> None:
+    """`# running <label>: N s` on stderr: rewritten in place on a terminal, a new line every 10 s otherwise."""
+    tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
+    while not done.wait(1.0 if tty else PROGRESS_EVERY_S):
+        msg = f"# running {label}: {time.perf_counter() - t0:.0f} s"
+        sys.stderr.write(f"\r{msg}" if tty else msg + "\n")
+        sys.stderr.flush()
+    if tty:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
 
 
 def _run_config(arch: str, quant: str, threads: int, n_prompt: int, n_gen: int, repeats: int,
                 kv_cache: str = "f16") -> dict[str, Any]:
-    r = _run_worker(f"_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats}, {kv_cache!r})")
+    r = _run_worker(f"_measure({arch!r}, {quant!r}, {threads}, {n_prompt}, {n_gen}, {repeats}, {kv_cache!r})",
+                    f"{arch} {quant} {threads} thread(s), {repeats} repeats")
     return r if r is not None else {"arch": arch, "quant": quant, "threads": threads, "error": "worker failed"}
 
 
@@ -149,23 +164,43 @@ def bandwidth(threads: int) -> float:
     """Measured read bandwidth, bytes/s (a 1 GiB buffer, median of 5)."""
     from . import _core
 
-    return float(_core.bench_bandwidth(1024, threads, 5))
+    return float(_core.testing.bench_bandwidth(1024, threads, 5))
 
 
-def format_table(rows: Sequence[dict[str, Any]], bw: dict[int, float]) -> str:
-    head = (f"{'engine':<12}{'arch':<5}{'quant':<8}{'thr':>4}{'pp512 tok/s':>13}{'tg tok/s':>10}{'roofline':>10}"
-            f"{'% roof':>8}{'TTFT s':>8}{'load s':>8}{'RSS GiB':>9}{'py %':>7}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r.get('engine', 'ours'):<12}{r['arch']:<5}{r['quant']:<8}{r['threads']:>4}  error: {r['error'][:60]}")
-            continue
-        roof = bw.get(r["threads"], 0) / r["bytes_per_token"] if r.get("bytes_per_token") else float("nan")
-        lines.append(
-            f"{r.get('engine', 'ours'):<12}{r['arch']:<5}{r['quant']:<8}{r['threads']:>4}{r['pp_tok_s']:>13.1f}"
-            f"{r['tg_tok_s']:>10.2f}{roof:>10.2f}{100 * r['tg_tok_s'] / roof:>7.0f}%{r['ttft_s']:>8.2f}"
-            f"{r['load_s']:>8.1f}{r['peak_rss_bytes'] / 2**30:>9.2f}{100 * r.get('python_share', 0):>6.1f}%")
-    return "\n".join(lines)
+# (header lines, width): every figure with its unit; the prompt and generation lengths are filled in.
+COLUMNS = [
+    (("", "engine", ""), 11), (("", "model", ""), 6), (("weights", "in", "memory"), 8), (("", "threads", ""), 8),
+    (("prefill", "tok/s", "({n_prompt} tok)"), 11), (("decode", "tok/s", "({n_gen} tok)"), 10),
+    (("memory", "roofline", "tok/s"), 10), (("decode", "% of", "roofline"), 10), (("time to", "1st token", "s"), 10),
+    (("load", "time", "s"), 7), (("peak", "RSS", "GiB"), 7), (("Python", "% of", "decode"), 8),
+]
+LEGEND = ("# prefill: prompt tokens/s of one pass over the prompt; decode: tokens/s generating after it (greedy); "
+          "memory roofline: decode tokens/s\n# the measured read bandwidth allows (bandwidth / bytes read per token: "
+          "weights + mean KV cache); time to 1st token: prefill + first\n# sample; peak RSS: of the worker process; "
+          "Python % of decode: time outside the C++ forward. Medians over the repeats.")
+
+
+def format_header(n_prompt: int, n_gen: int) -> str:
+    lines = []
+    for i in range(3):
+        cells = [label[i].format(n_prompt=n_prompt, n_gen=n_gen) for label, _ in COLUMNS]
+        lines.append("".join(c.ljust(w) if j < 4 else c.rjust(w) for j, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
+    return "\n".join([*lines, "-" * sum(w for _, w in COLUMNS)])
+
+
+def format_row(r: dict[str, Any], bw: dict[int, float]) -> str:
+    lead = f"{r.get('engine', 'ours'):<11}{r['arch']:<6}{r['quant']:<8}{r['threads']:<8}"
+    if "error" in r:
+        return f"{lead}  error: {r['error'][:80]}"
+    roof = bw.get(r["threads"], 0) / r["bytes_per_token"] if r.get("bytes_per_token") else float("nan")
+    pct = 100 * r["tg_tok_s"] / roof if roof else float("nan")
+    return (f"{lead}{r['pp_tok_s']:>11.1f}{r['tg_tok_s']:>10.2f}{roof:>10.2f}{pct:>9.0f}%{r['ttft_s']:>10.2f}"
+            f"{r['load_s']:>7.1f}{r['peak_rss_bytes'] / 2**30:>7.2f}{100 * r.get('python_share', 0):>7.1f}%")
+
+
+def format_table(rows: Sequence[dict[str, Any]], bw: dict[int, float], n_prompt: int = 512, n_gen: int = 128) -> str:
+    """The header, then one line per result."""
+    return "\n".join([format_header(n_prompt, n_gen), *(format_row(r, bw) for r in rows)])
 
 
 def format_batch_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -213,28 +248,41 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="llama32-native bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", nargs="+", default=["1b"], choices=sorted(ARCHES))
-    ap.add_argument("--quant", nargs="+", default=["q4_0", "q8_0"], choices=QUANTS)
-    ap.add_argument("--threads", nargs="+", type=int, default=[os.cpu_count() or 1])
-    ap.add_argument("--n-prompt", type=int, default=512)
-    ap.add_argument("--n-gen", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--kv-cache", default="f16", choices=sorted(KV_BYTES), help="KV cache type (default: f16)")
+    from . import system_info
+    from .threads import default_threads
+
+    ap = argparse.ArgumentParser(prog="llama32-native bench", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--arch", nargs="+", default=["1b"], choices=sorted(ARCHES), help="model architectures")
+    ap.add_argument("--quant", nargs="+", default=["q4_0", "q8_0"], choices=QUANTS, help="weight formats in memory")
+    ap.add_argument("--threads", nargs="+", type=int, default=[default_threads()],
+                    help="thread counts (the default is the library's: the CPUs this process may use)")
+    ap.add_argument("--n-prompt", type=int, default=512, help="prompt tokens (prefill)")
+    ap.add_argument("--n-gen", type=int, default=128, help="tokens generated after the prompt (decode)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians are shown)")
+    ap.add_argument("--kv-cache", default="f16", choices=sorted(KV_BYTES), help="KV cache type")
     ap.add_argument("--peers", action="store_true", help="also run bench/peers.py (llama.cpp, PyTorch) if present")
     ap.add_argument("--batch", nargs="*", type=int, default=[],
                     help="also measure aggregate batched decode for these batch sizes (e.g. 1 2 4 8 16)")
     ap.add_argument("--skip-single", action="store_true", help="only the batched-decode table (with --batch)")
-    ap.add_argument("--json", default=None, help="write all results here")
-    ap.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    ap.add_argument("--json", default=None, help="write all results to this file")
+    ap.add_argument("--plot", default=None, help="write a PNG bar chart to this file")
     a = ap.parse_args(argv)
-    from . import system_info
 
     info = system_info()
-    bw = {t: bandwidth(t) for t in sorted(set(a.threads))}
-    print(f"# llama32_native bench: cpu={info['cpu']} isa={info['isa']} python={platform.python_version()}")
+    print(f"# llama32_native bench: cpu={info['cpu']} isa={info['isa']} python={platform.python_version()} "
+          f"threads default={default_threads()} wait policy: {info.get('wait_policy', '-')}", flush=True)
+    busy_before = other_load()
+    bw, spread = {}, {}
+    for t in sorted(set(a.threads)):
+        runs = [bandwidth(t) for _ in range(2)]
+        bw[t], spread[t] = max(runs), abs(runs[0] - runs[1]) / max(runs)
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {v / 1e9:.1f} GB/s" for t, v in bw.items()))
+    for warning in busy_warnings(busy_before, spread):
+        print(f"# WARNING: {warning}", flush=True)
     rows: list[dict[str, Any]] = []
+    if not a.skip_single:
+        print(format_header(a.n_prompt, a.n_gen), flush=True)
     for arch in a.arch:
         for quant in a.quant:
             for t in a.threads:
@@ -243,12 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = _run_config(arch, quant, t, a.n_prompt, a.n_gen, a.repeats, a.kv_cache)
                 r["engine"] = "ours"
                 rows.append(r)
-                print(format_table([r], bw).splitlines()[-1], flush=True)
+                print(format_row(r, bw), flush=True)
     if a.peers:
-        rows += _peer_rows(a, bw)
+        for r in _peer_rows(a, bw):
+            rows.append(r)
+            print(format_row(r, bw), flush=True)
     if rows:
-        print()
-        print(format_table(rows, bw))
+        print(LEGEND)
     batch_rows = []
     if a.batch:
         batches = sorted(set(a.batch))
@@ -256,17 +305,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             for quant in a.quant:
                 for t in a.threads:
                     call = f"_measure_batch({arch!r}, {quant!r}, {t}, {batches}, 64, {min(a.n_gen, 32)}, {a.repeats})"
-                    r = _run_worker(call)
+                    r = _run_worker(call, f"batched decode {arch} {quant} {t} thread(s)")
                     if r is not None:
                         batch_rows.append(r)
         print()
         print(format_batch_table(batch_rows))
+    busy_after = other_load()
+    if busy_after >= BUSY_CPUS and busy_before < BUSY_CPUS:
+        print(f"# WARNING: other processes used {busy_after:.1f} CPUs at the end of the run: figures may be low")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"system": info, "bandwidth": bw, "results": rows, "batched_decode": batch_rows}, f, indent=1)
+            json.dump({"system": info, "bandwidth": bw, "results": rows, "batched_decode": batch_rows,
+                       "other_load_cpus": [busy_before, busy_after]}, f, indent=1)
     if a.plot:
         plot(rows, a.plot)
     return 0
+
+
+BUSY_CPUS = 0.25  # CPUs' worth of other processes' work above which the figures are flagged
+BANDWIDTH_SPREAD = 0.10  # two bandwidth probes further apart than this are flagged
+
+
+def other_load(seconds: float = 0.5) -> float:
+    """CPUs' worth of work by other processes over a short window (/proc/stat minus this process), -1 if unknown."""
+    def sample() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)  # all but idle and iowait
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    try:
+        busy0, own0 = sample()
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        busy1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return -1.0
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (time.perf_counter() - t0)
+
+
+def busy_warnings(busy_cpus: float, spread: dict[int, float]) -> list[str]:
+    """Why the figures may be low: other processes on the CPUs, or bandwidth probes that disagree."""
+    out = []
+    if busy_cpus >= BUSY_CPUS:
+        out.append(f"other processes are using {busy_cpus:.1f} CPUs (load average "
+                   f"{os.getloadavg()[0]:.1f}): the figures will be low and noisy; run on an otherwise idle machine")
+    noisy = {t: v for t, v in spread.items() if v > BANDWIDTH_SPREAD}
+    if noisy:
+        out.append("two read-bandwidth probes differ by " + ", ".join(f"{100 * v:.0f}% ({t} thread(s))"
+                                                                      for t, v in noisy.items())
+                   + ": other work is competing for memory or CPUs")
+    return out
 
 
 def _peer_rows(a: Any, bw: dict[int, float]) -> list[dict[str, Any]]:

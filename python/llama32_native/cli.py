@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable, TextIO
 
 from ._version import __version__
+from .generation import Decoder
 from .model import DEFAULT_CONTEXT_LENGTH, default_threads
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPT = 1, 2, 130
@@ -115,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin allowed to call the API (repeatable)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application: join the cluster at $RAY_ADDRESS (or start a local one); "
+                        "each replica loads MODEL (pip install 'llama32_native[ray]'; docs/RAY.md)")
+    p.add_argument("--replicas", default="1",
+                   help="with --ray: replicas of --threads threads each, or 'auto' (default: %(default)s)")
     _add_load_args(p)
     _add_common(p)
 
@@ -263,21 +269,26 @@ class _TokenCounter:
     def __init__(self) -> None:
         self.n, self.first_s, self._t0 = 0, 0.0, time.perf_counter()
 
-    def wrap(self, tokens: Iterator[int]) -> Iterator[int]:
-        for t in tokens:
-            if self.n == 0:
-                self.first_s = time.perf_counter() - self._t0
-            self.n += 1
-            yield t
+    def add(self, n: int) -> None:
+        if self.n == 0 and n:
+            self.first_s = time.perf_counter() - self._t0
+        self.n += n
 
 
 def _stream_counted(model: Any, prompt: str, sampling: dict[str, Any], counter: _TokenCounter) -> Iterator[str]:
     """model.stream(prompt), counting the tokens on the way."""
-    from .sampling import SamplingParams
-
-    params = SamplingParams(**sampling)
-    tokens = counter.wrap(model.generate_tokens(prompt, **sampling))
-    return model._text_chunks(tokens, params)
+    decoder = Decoder(model)
+    decoder.add(model.generation(model.prompt_ids(prompt), **sampling))
+    try:
+        while decoder.busy:
+            for _, upd in decoder.step():
+                if upd.error is not None:
+                    raise upd.error
+                counter.add(len(upd.tokens))
+                if upd.text:
+                    yield upd.text
+    finally:
+        decoder.close()
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -464,6 +475,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin))
     if args.host not in server.LOCAL_HOSTS and not config.api_key:
         _progress(args, f"warning: serving on {args.host} without an API key: anyone who can reach it can use it")
+    if args.ray:
+        return _serve_on_ray(args, config)
     model = _load(args, args.model, max_sequences=args.max_batch + 1)
     try:
         if model.tokenizer is None:
@@ -472,6 +485,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.serve(model, host=args.host, port=args.port, config=config, log_level=args.log_level)
     finally:
         model.close()
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
+    """`serve --ray`: the same app on Ray Serve (llama32_native.ray.build_app), one model per replica."""
+    import dataclasses
+
+    replicas: int | str = args.replicas
+    if replicas != "auto":
+        if not replicas.isdigit() or int(replicas) < 1:
+            raise CliError(f"--replicas must be a positive integer or 'auto', got {replicas!r}")
+        replicas = int(replicas)
+    try:
+        from .ray import run_server
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    from .model import default_threads
+
+    run_server(args.model, host=args.host, port=args.port, threads=args.threads or default_threads(),
+               max_batch=args.max_batch, num_replicas=replicas, quant=args.quant, context_length=args.ctx,
+               kv_cache=args.kv_cache, **dataclasses.asdict(config))
     return 0
 
 

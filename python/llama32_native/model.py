@@ -1,7 +1,8 @@
 """Model: load weights into the C++ engine, run forward passes, generate text.
 
-Contract (DESIGN.md §3): every public method validates its arguments before any C++ work; errors are
-the package's own types; the GIL is released inside every compute call (in the binding).
+Contract (docs/ARCHITECTURE.md): every public method validates its arguments before any C++ work; errors are
+the package's own types; the GIL is released inside every compute call (in the binding). All model work goes
+through the step API (Model.step over Sessions in a SlotPool); generating goes through generation.Decoder.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
@@ -18,10 +20,14 @@ from .config import LlamaConfig
 from .errors import (
     ContextLengthError,
     Error,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     ModelClosedError,
+    NoFreeSlotError,
     NumericalError,
     TensorShapeError,
 )
+from .generation import Decoder, Generation, GenerationResult, TokenUpdate
 from .loading import Tensor
 from .loading.synthetic import GeneratedTensors
 
@@ -31,40 +37,33 @@ PREFILL_CHUNK = 512  # rows per forward call while feeding a long prompt: bounds
 Prompt = Union[str, Sequence[int]]
 
 
-DEFAULT_CONTEXT_LENGTH = 8192  # positions reserved when the caller names none (the CLI's default too)
-
-
 def default_threads() -> int:
-    """CPUs this process may use: affinity, cgroup quota, physical cores (threads.default_threads)."""
-    from .threads import default_threads as threads_default
+    """Physical cores available to this process (hyper-threads do not help a bandwidth-bound decode)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        n = os.cpu_count() or 1
+    try:
+        import psutil  # optional
 
-    return threads_default()
-
-
-def resolve_context_length(value: int | None, config: LlamaConfig) -> int:
-    """None: DEFAULT_CONTEXT_LENGTH capped at the model's maximum; an explicit value above that maximum is an error."""
-    from .errors import InvalidArgumentError
-
-    default = min(DEFAULT_CONTEXT_LENGTH, config.n_ctx)
-    if value is None:
-        return default
-    n = _check_int_arg("context_length", value, 1, 1 << 40)
-    if n > config.n_ctx:
-        raise InvalidArgumentError(f"context_length={n} exceeds this model's maximum of {config.n_ctx} positions; "
-                                   f"pass at most {config.n_ctx}, or leave it out for {default}")
-    return n
+        phys = psutil.cpu_count(logical=False)
+        if phys:
+            n = min(n, phys)
+    except Exception:
+        pass
+    return max(1, n)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidArgumentError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_int_arg(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        raise InvalidArgumentTypeError(f"{name} must be an integer, got {type(value).__name__}")
     if not lo <= int(value) <= hi:
-        raise ValueError(f"{name}={value} is out of range [{lo}, {hi}]")
+        raise InvalidArgumentError(f"{name}={value} is out of range [{lo}, {hi}]")
     return int(value)
 
 
@@ -147,16 +146,62 @@ class _Progress:
             sys.stderr.flush()
 
 
+class SlotPool:
+    """The model's KV-cache slots: which are free, and what each free slot's cache still holds.
+
+    A released slot keeps its tokens, so the next generation whose prompt starts the same way reuses them
+    (prefix caching across calls and across the server's requests); an empty session takes the slot
+    used least recently.
+    """
+
+    def __init__(self, n_slots: int) -> None:
+        self.capacity = n_slots
+        self._free: dict[int, list[int]] = {slot: [] for slot in range(n_slots)}  # in release order
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    def acquire(self, prompt: Sequence[int] | None) -> tuple[int, list[int]] | None:
+        """The free slot whose cache shares the longest prefix with prompt (None: empty it), or None if none is free."""
+        if not self._free:
+            return None
+        slot, best = next(iter(self._free)), 0
+        if prompt is not None:
+            for s, cached in self._free.items():
+                n = _common_prefix(cached, prompt)
+                if n > best:
+                    slot, best = s, n
+        tokens = self._free.pop(slot)
+        if prompt is None:
+            tokens.clear()
+        return slot, tokens
+
+    def release(self, slot: int, tokens: list[int]) -> None:
+        self._free[slot] = tokens
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64))
+    return int(diff[0]) if diff.size else n
+
+
 class Session:
     """One sequence and its KV cache: the low-level loop for custom decoding, logprobs and benchmarks."""
 
-    def __init__(self, model: "Model", slot: int, tokens: list[int] | None = None):
+    def __init__(self, model: Model, slot: int, tokens: list[int]) -> None:
         self._model = model
         self._slot = slot
-        # What the cache holds, position by position. The default slot's list lives in the model (so the next
-        # call can reuse its prefix) and is shared by the short-lived Session that borrows that slot.
-        self._tokens: list[int] = [] if tokens is None else tokens
+        self._tokens = tokens  # what the cache holds, position by position
         self._closed = False
+
+    @property
+    def slot(self) -> int:
+        """The KV-cache slot this session owns (the `seq` index of its forward rows)."""
+        return self._slot
 
     @property
     def n_past(self) -> int:
@@ -166,63 +211,51 @@ class Session:
     def tokens(self) -> list[int]:
         return list(self._tokens)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def common_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of ids the cache already holds."""
+        return _common_prefix(self._tokens, ids)
+
     def reset(self) -> None:
         """Empty the cache (the buffers stay allocated)."""
-        self._tokens.clear()
+        self.truncate(0)
 
     def truncate(self, n: int) -> None:
-        """Keep only the first n cached tokens (positions past n are overwritten by later feeds)."""
-        del self._tokens[max(0, min(n, len(self._tokens))):]
+        """Roll the cache back to its first n tokens (0 <= n <= n_past); later feeds overwrite the rest."""
+        n = _check_int_arg("n", n, 0, len(self._tokens))
+        with self._model._lock:
+            self._check_open()
+            del self._tokens[n:]
 
     def feed(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append tokens (one batched pass per chunk); float32 logits of the last one, or of all with all_logits."""
-        with self._model._lock:  # one feed is atomic: its positions follow n_past even with other threads
-            return self._feed_locked(ids, all_logits)
-
-    def _feed_locked(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
-        self._check_open()
-        ids = self._model._check_ids(ids)
-        n_ctx = self._model.context_length
-        if self.n_past + len(ids) > n_ctx:
-            raise ContextLengthError(
-                f"{self.n_past} cached + {len(ids)} new tokens exceed the context of {n_ctx}",
-                n_prompt=self.n_past + len(ids), max_new_tokens=0, n_ctx=n_ctx,
-            )
-        outs = []
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[start : start + PREFILL_CHUNK]
-            n = len(chunk)
-            pos = np.arange(self.n_past, self.n_past + n, dtype=np.int32)
-            rows = np.arange(n, dtype=np.int32) if all_logits else np.array([n - 1], dtype=np.int32)
-            if not all_logits and start + PREFILL_CHUNK < len(ids):
-                rows = np.zeros(0, dtype=np.int32)
-            logits = self._model._forward(np.asarray(chunk, dtype=np.int32), pos,
-                                          np.full(n, self._slot, dtype=np.int32), rows)
-            self._tokens.extend(int(t) for t in chunk)
-            if len(rows):
-                outs.append(logits)
-        out = np.concatenate(outs) if all_logits else outs[-1][0]
+        ids = self._model.check_ids(ids)
+        out = self._model.step([self], [ids], len(ids) if all_logits else 1)[0]
         if not np.isfinite(out).all():
             raise NumericalError("the forward pass produced non-finite logits")
-        return out
+        return out if all_logits else out[0]
 
     def feed_reusing_prefix(self, ids: Sequence[int]) -> np.ndarray:
         """Make the cache hold exactly `ids`, recomputing only the part that differs from what it holds."""
-        ids = list(ids)
-        common = 0
-        for a, b in zip(self._tokens, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # at least one token is fed, to get its logits
-        with self._model._lock:
+        ids = self._model.check_ids(ids)
+        with self._model._lock:  # validate everything before the truncate: invalid input changes no state
+            self._check_open()
+            n_ctx = self._model.context_length
+            if len(ids) > n_ctx:
+                raise ContextLengthError(f"{len(ids)} tokens exceed the context of {n_ctx}", n_prompt=len(ids),
+                                         max_new_tokens=0, n_ctx=n_ctx)
+            common = min(self.common_prefix(ids), len(ids) - 1)  # at least one token is fed, to get its logits
             self.truncate(common)
             return self.feed(ids[common:])
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._model._release_slot(self._slot)
+        with self._model._lock:
+            if not self._closed:
+                self._closed = True
+                self._model._pool.release(self._slot, self._tokens)
 
     def __del__(self) -> None:
         # A generator abandoned without close() must still give its slot back when it is collected.
@@ -234,26 +267,29 @@ class Session:
             raise ModelClosedError("this session is closed")
         self._model._check_open()
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return f"Session(slot={self._slot}, n_past={self.n_past}{', closed' if self._closed else ''})"
 
 
 class Model:
     """A Llama 3.2 model in the C++ engine. Construct with `from_pretrained` or `random`."""
 
     def __init__(self, config: LlamaConfig, tensors: Mapping[str, Tensor], *, quant: str = "q4_0",
-                 threads: int | None = None, context_length: int | None = None, kv_cache: str = "f16",
+                 threads: int | None = None, context_length: int = 8192, kv_cache: str = "f16",
                  max_sequences: int = 8, tokenizer: Any = None, chat_format: Any = None,
                  plan: Mapping[str, str] | None = None, progress: bool | None = None, source: str = ""):
         _check_choice("quant", quant, QUANTS)
         _check_choice("kv_cache", kv_cache, KV_TYPES)
         threads = default_threads() if threads is None else _check_int_arg("threads", threads, 1, 1024)
-        context_length = resolve_context_length(context_length, config)
+        context_length = _check_int_arg("context_length", context_length, 1, config.n_ctx)
         max_sequences = _check_int_arg("max_sequences", max_sequences, 1, 4096)
-        if "output" in tensors and config.tie_word_embeddings:  # an explicit head wins over the tie (SPEC §4.1)
+        if "output" in tensors and config.tie_word_embeddings:  # an explicit head wins over the tie (docs/MODEL.md)
             import dataclasses
 
             config = dataclasses.replace(config, tie_word_embeddings=False)
@@ -264,12 +300,8 @@ class Model:
         self._chat_format = chat_format
         self._lock = threading.RLock()
         self._closed = False
-        # Slot 0 is the default sequence of generate()/stream()/chat()/logits(): it keeps the last prompt so that
-        # the next call reuses the shared prefix. One call at a time borrows it; a call made while it is
-        # borrowed (another thread, or a generator still alive) gets a free slot of its own instead.
-        self._free_slots = list(range(max_sequences - 1, 0, -1))
-        self._default_tokens: list[int] = []
-        self._default_busy = False
+        self._pool = SlotPool(max_sequences)
+        self.engine_seconds = 0.0  # time spent inside the engine's forward (the benchmark's Python share)
         self._engine = _core.Engine(_core_config(config), context_length, max_sequences, kv_cache, threads)
         plan = dict(plan) if plan is not None else tensor_plan(config, quant)
         self._load_tensors(tensors, plan, progress)
@@ -311,16 +343,15 @@ class Model:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, quant: str = "q4_0", threads: int | None = None,
-                        context_length: int | None = None, kv_cache: str = "f16", max_sequences: int = 8,
+                        context_length: int = 8192, kv_cache: str = "f16", max_sequences: int = 8,
                         check_tensors: bool = False, progress: bool | None = None) -> "Model":
         """Load a Hugging Face directory, a .gguf file, or a file written by Model.save()."""
-        from .hub import resolve_model
         from .loading.open import open_checkpoint
 
         _check_choice("quant", quant, QUANTS)
-        path = resolve_model(path)  # a path, a short name like "smollm2", or a Hugging Face repo id
         ckpt = open_checkpoint(path, check_tensors=check_tensors)
         try:
+            context_length = min(context_length, ckpt.config.n_ctx) if isinstance(context_length, int) else context_length
             return cls(ckpt.config, ckpt.tensors, quant=ckpt.quant or quant, threads=threads,
                        context_length=context_length, kv_cache=kv_cache, max_sequences=max_sequences,
                        tokenizer=ckpt.tokenizer, chat_format=ckpt.chat_format, plan=ckpt.plan,
@@ -330,7 +361,7 @@ class Model:
 
     @classmethod
     def random(cls, config: LlamaConfig | str, quant: str = "q4_0", seed: int = 0, threads: int | None = None,
-               context_length: int | None = None, kv_cache: str = "f16", max_sequences: int = 8,
+               context_length: int = 8192, kv_cache: str = "f16", max_sequences: int = 8,
                tokenizer: Any = None) -> "Model":
         """Synthetic weights of an exact architecture (a preset name or a LlamaConfig), for benchmarks and tests.
 
@@ -342,6 +373,7 @@ class Model:
         if isinstance(config, str):
             config = LlamaConfig.preset(config)
         _check_choice("quant", quant, QUANTS)
+        context_length = min(context_length, config.n_ctx)
         plan = tensor_plan(config, quant)
         tensors = random_tensors(config, plan, seed)
         return cls(config, tensors, quant=quant, threads=threads, context_length=context_length,
@@ -386,71 +418,115 @@ class Model:
             self._chat_format = chat_format_for(self.tokenizer)
         return self._chat_format
 
-    # ------------------------------------------------------------------ low level
+    # ------------------------------------------------------------------ the step API
     def _check_open(self) -> None:
         if self._closed:
             raise ModelClosedError("the model is closed")
 
-    def _check_ids(self, ids: Any) -> list[int]:
+    def check_ids(self, ids: Any) -> list[int]:
+        """ids as a list of ints after checking it is a non-empty 1-D sequence of ids in [0, n_vocab)."""
         if isinstance(ids, (str, bytes)):
-            raise TypeError("expected a sequence of token ids, got a string")
-        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+            raise InvalidArgumentTypeError("expected a sequence of token ids, got a string")
+        try:
+            arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentTypeError(f"expected a sequence of token ids: {e}") from None
         if arr.ndim != 1 or arr.size == 0:
-            raise ValueError("expected a non-empty 1-D sequence of token ids")
+            raise InvalidArgumentError("expected a non-empty 1-D sequence of token ids")
         if not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"token ids must be integers, got dtype {arr.dtype}")
+            raise InvalidArgumentTypeError(f"token ids must be integers, got dtype {arr.dtype}")
         bad = (arr < 0) | (arr >= self.config.n_vocab)
         if bad.any():
-            raise ValueError(f"token id {int(arr[bad][0])} is out of range [0, {self.config.n_vocab})")
+            raise InvalidArgumentError(f"token id {int(arr[bad][0])} is out of range [0, {self.config.n_vocab})")
         return [int(x) for x in arr]
 
     def _forward(self, tokens: np.ndarray, pos: np.ndarray, seq: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The one call into the engine: rows of (token, position, slot); logits of the rows listed in `rows`."""
+        t = time.perf_counter()
+        try:
+            return self._live_engine.forward(tokens, pos, seq, rows)
+        finally:
+            self.engine_seconds += time.perf_counter() - t
+
+    def step(self, sessions: Sequence[Session], tokens: Sequence[Sequence[int]],
+             n_logits: int | Sequence[int] = 1) -> list[np.ndarray]:
+        """One batched forward: append tokens[i] to sessions[i] for every i, all rows sharing each weight read.
+
+        Any mix works: a prompt (prefill), one token (decode), K+1 tokens (verifying K drafts). n_logits[i]
+        trailing positions of item i get logits: the result is a list of float32 [n_logits[i], n_vocab].
+        Everything is validated before any compute; long inputs run as several forwards of at most
+        PREFILL_CHUNK rows.
+        """
+        sessions, tokens = list(sessions), [self.check_ids(t) for t in tokens]
+        if len(sessions) != len(tokens):
+            raise InvalidArgumentError(f"{len(sessions)} sessions but {len(tokens)} token lists")
+        want = [n_logits] * len(tokens) if isinstance(n_logits, (int, np.integer)) else list(n_logits)
+        if len(want) != len(tokens):
+            raise InvalidArgumentError(f"n_logits has {len(want)} entries for {len(tokens)} sessions")
+        want = [_check_int_arg("n_logits", w, 1, len(t)) for w, t in zip(want, tokens)]
         with self._lock:
             self._check_open()
-            return self._engine.forward(tokens, pos, seq, rows)
+            if len({id(s) for s in sessions}) != len(sessions):
+                raise InvalidArgumentError("a session appears twice in one step")
+            n_ctx = self.context_length
+            for s, t in zip(sessions, tokens):
+                if not isinstance(s, Session) or s._model is not self:
+                    raise InvalidArgumentTypeError("sessions must be Sessions of this model")
+                s._check_open()
+                if s.n_past + len(t) > n_ctx:
+                    raise ContextLengthError(f"{s.n_past} cached + {len(t)} new tokens exceed the context of {n_ctx}",
+                                             n_prompt=s.n_past + len(t), max_new_tokens=0, n_ctx=n_ctx)
+            return self._step_locked(sessions, tokens, want)
 
-    def _take_slot(self) -> int:
-        with self._lock:
-            self._check_open()
-            if self._free_slots:
-                return self._free_slots.pop()
-            if not self._default_busy:  # the last slot is the default one: lend it, forgetting what it cached
-                self._default_busy = True
-                self._default_tokens.clear()
-                return 0
-            raise RuntimeError("no free sequence slot: close a session or raise max_sequences")
-
-    def _release_slot(self, slot: int) -> None:
-        with self._lock:
-            if slot == 0:
-                self._default_busy = False
-            elif slot not in self._free_slots:
-                self._free_slots.append(slot)
-
-    def _borrow_session(self) -> Session:
-        """The default sequence if no other call holds it, else a fresh slot; close() it when done."""
-        with self._lock:
-            self._check_open()
-            if not self._default_busy:
-                self._default_busy = True
-                return Session(self, 0, self._default_tokens)
-            if not self._free_slots:
-                raise RuntimeError("too many generations at once: every sequence slot is in use "
-                                   "(finish or close a generator, or raise max_sequences)")
-            return Session(self, self._free_slots.pop())
+    def _step_locked(self, sessions: list[Session], tokens: list[list[int]], want: list[int]) -> list[np.ndarray]:
+        # Rows of every item, in order; an item's logits rows are its last want[i] positions.
+        items = [(i, p) for i, t in enumerate(tokens) for p in range(len(t))]
+        base = [s.n_past for s in sessions]
+        outs: list[list[np.ndarray]] = [[] for _ in tokens]
+        for c0 in range(0, len(items), PREFILL_CHUNK):
+            chunk = items[c0 : c0 + PREFILL_CHUNK]
+            tok = np.fromiter((tokens[i][p] for i, p in chunk), np.int32, len(chunk))
+            pos = np.fromiter((base[i] + p for i, p in chunk), np.int32, len(chunk))
+            seq = np.fromiter((sessions[i]._slot for i, _ in chunk), np.int32, len(chunk))
+            rows = [r for r, (i, p) in enumerate(chunk) if p >= len(tokens[i]) - want[i]]
+            logits = self._forward(tok, pos, seq, np.asarray(rows, np.int32))
+            for k, r in enumerate(rows):
+                outs[chunk[r][0]].append(logits[k])
+            for i in dict.fromkeys(i for i, _ in chunk):  # what each cache now holds, chunk by chunk
+                sessions[i]._tokens.extend(tokens[i][p] for j, p in chunk if j == i)
+        return [np.stack(o) for o in outs]
 
     def session(self) -> Session:
-        """A new sequence with its own KV cache slot (close it, or use it as a context manager)."""
-        return Session(self, self._take_slot())
+        """A new, empty sequence with its own KV-cache slot (close it, or use it as a context manager)."""
+        with self._lock:
+            self._check_open()
+            got = self._pool.acquire(None)
+            if got is None:
+                raise NoFreeSlotError(f"every sequence slot ({self._pool.capacity}) is in use: close a session, "
+                                      "finish a generator, or raise max_sequences")
+            return Session(self, *got)
+
+    def try_session(self, prompt: Sequence[int]) -> Session | None:
+        """A free slot for a generation of `prompt`, holding the longest cached prefix of it; None when none is free."""
+        with self._lock:
+            self._check_open()
+            got = self._pool.acquire(prompt)
+            return None if got is None else Session(self, *got)
+
+    @property
+    def free_slots(self) -> int:
+        """Sequence slots not held by a session or a running generation."""
+        return self._pool.n_free
+
+    @property
+    def max_sequences(self) -> int:
+        return self._pool.capacity
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 [len(ids), n_vocab]: the logits at every position of a fresh sequence from position 0."""
-        with self._borrow_session() as s:
-            s.reset()
-            try:
-                return s.feed(ids, all_logits=True)
-            finally:
-                s.reset()
+        ids = self.check_ids(ids)
+        with self.session() as s:
+            return s.feed(ids, all_logits=True)
 
     # ------------------------------------------------------------------ text
     def _require_tokenizer(self) -> Any:
@@ -458,107 +534,143 @@ class Model:
             raise Error("this model has no tokenizer: pass token ids, or load a checkpoint that carries one")
         return self.tokenizer
 
-    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: text is encoded with BOS (when the model uses one); ids are checked."""
         if isinstance(prompt, str):
             ids = self._require_tokenizer().encode(prompt, bos=True)
-        else:
-            ids = self._check_ids(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty")
-        return ids
+            if not ids:
+                raise InvalidArgumentError("the prompt is empty (and this model adds no BOS token)")
+            return ids
+        return self.check_ids(prompt)
 
-    def _stop_ids(self) -> frozenset[int]:
-        ids = set(self.config.eos_token_ids)
-        if self.tokenizer is not None:
-            ids |= set(self.tokenizer.stop_tokens)
-        if self._chat_format is not None:
-            ids |= set(self._chat_format.stop_tokens)
-        return frozenset(i for i in ids if 0 <= i < self.config.n_vocab)
-
-    def generate_tokens(self, prompt: Prompt, session: Session | None = None, **sampling: Any) -> Iterator[int]:
-        """Token ids as they are sampled (stop tokens are not yielded)."""
-        from .sampling import SamplingParams
-
-        params = SamplingParams(**sampling)
-        ids = self._prompt_ids(prompt)
-        return self._token_stream(ids, params, session)
-
-    def _token_stream(self, ids: list[int], params: Any, session: Session | None) -> Iterator[int]:
-        from .sampling import Sampler
-
-        self._check_open()
-        n_ctx = self.context_length
-        if len(ids) + params.max_new_tokens > n_ctx:
-            raise ContextLengthError(
-                f"prompt of {len(ids)} tokens + max_new_tokens={params.max_new_tokens} exceeds the context "
-                f"of {n_ctx}", n_prompt=len(ids), max_new_tokens=params.max_new_tokens, n_ctx=n_ctx,
-            )
-        return self._decode_loop(ids, params, session, Sampler(params, self.config.n_vocab))
-
-    def _decode_loop(self, ids: list[int], params: Any, session: Session | None, sampler: Any) -> Iterator[int]:
-        s = session if session is not None else self._borrow_session()
-        try:
-            stop = self._stop_ids()
-            history = list(ids)
-            logits = s.feed_reusing_prefix(ids)
-            for i in range(params.max_new_tokens):
-                tok = sampler.sample(logits, history)
-                if tok in stop:
-                    return
-                yield tok
-                history.append(tok)
-                if i + 1 < params.max_new_tokens:
-                    logits = s.feed([tok])
-        finally:
-            if session is None:
-                s.close()
-
-    def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
-        """Text chunks as they are generated; each is whole UTF-8, and they add up to generate()'s text."""
-        from .sampling import SamplingParams
-
-        params = SamplingParams(**sampling)
-        ids = self._prompt_ids(prompt)
-        tokens = self._token_stream(ids, params, None)
-        return self._text_chunks(tokens, params)
-
-    def _text_chunks(self, tokens: Iterator[int], params: Any) -> Iterator[str]:
-        from .streaming import TextStream
-
-        ts = TextStream(self._require_tokenizer(), params.stop_strings)
-        for tok in tokens:
-            piece = ts.push(tok)
-            if piece:
-                yield piece
-            if ts.stopped:
-                break
-        rest = ts.finish()
-        if rest:
-            yield rest
-
-    def generate(self, prompt: Prompt, **sampling: Any) -> str:
-        """The generated continuation of a prompt (a string, or token ids)."""
-        return "".join(self.stream(prompt, **sampling))
-
-    def chat(self, messages: Sequence[Mapping[str, str]], stream: bool = False, date_string: str | None = None,
-             **sampling: Any) -> Union[str, Iterator[str]]:
-        """Answer a conversation [{"role": ..., "content": ...}, ...] in the model's chat format."""
-        from .sampling import SamplingParams
-
+    def chat_ids(self, messages: Sequence[Mapping[str, Any]], date_string: str | None = None) -> list[int]:
+        """The token ids of a conversation in the model's chat format, ending with the assistant's header."""
         fmt = self.chat_format
         if fmt is None:
             raise Error("this model's tokenizer has no known chat format")
-        params = SamplingParams(**sampling)
         kwargs = {"date_string": date_string} if date_string is not None else {}
-        ids = fmt.encode(messages, add_generation_prompt=True, **kwargs)
-        chunks = self._text_chunks(self._token_stream(ids, params, None), params)
+        return fmt.encode(messages, add_generation_prompt=True, **kwargs)
+
+    def stop_ids(self, chat: bool = False) -> frozenset[int]:
+        """Token ids that end a generation: the config's and tokenizer's end tokens (+ the chat format's)."""
+        ids = set(self.config.eos_token_ids)
+        if self.tokenizer is not None:
+            ids |= set(self.tokenizer.stop_tokens)
+        fmt = self.chat_format if chat else self._chat_format
+        if fmt is not None:
+            ids |= set(fmt.stop_tokens)
+        return frozenset(i for i in ids if 0 <= i < self.config.n_vocab)
+
+    def generation(self, prompt_ids: Sequence[int], chat: bool = False, index: int = 0,
+                   **options: Any) -> Generation:
+        """A Generation of prompt_ids with generate()'s options, validated, ready for a Decoder."""
+        from .options import build_generation
+
+        return build_generation(self, prompt_ids, chat=chat, index=index, **options)
+
+    def _run(self, gens: list[Generation]) -> Iterator[tuple[Generation, TokenUpdate]]:
+        """Decode generations together until all are done; yields each step's updates."""
+        decoder = Decoder(self)
+        for g in gens:
+            decoder.add(g)
+        try:
+            while decoder.busy:
+                for gen, upd in decoder.step():
+                    if upd.error is not None:
+                        raise upd.error
+                    yield gen, upd
+        finally:
+            decoder.close()
+
+    def generate_tokens(self, prompt: Prompt, session: Session | None = None, **options: Any) -> Iterator[int]:
+        """Token ids as they are sampled (stop tokens are not yielded); with session=, decode in that session."""
+        gen = self.generation(self.prompt_ids(prompt), **options)
+        self._check_open()
+        if session is None:
+            return (t for _, upd in self._run([gen]) for t in upd.tokens)
+        return self._tokens_in(session, gen)
+
+    def _tokens_in(self, session: Session, gen: Generation) -> Iterator[int]:
+        gen.start(session)
+        while not gen.done:
+            feed, n_logits = gen.next_feed()
+            rows = self.step([session], [feed], n_logits)[0]
+            upd = gen.advance(rows)
+            yield from upd.tokens
+
+    def stream(self, prompt: Prompt, **options: Any) -> Iterator[str]:
+        """Text chunks as they are generated; each is whole UTF-8, and they add up to generate()'s text."""
+        gen = self.generation(self.prompt_ids(prompt), **options)
+        self._require_tokenizer()
+        return self._text_of(gen)
+
+    def _text_of(self, gen: Generation) -> Iterator[str]:
+        for _, upd in self._run([gen]):
+            if upd.text:
+                yield upd.text
+
+    def generate(self, prompt: Prompt, **options: Any) -> str:
+        """The generated continuation of a prompt (a string, or token ids)."""
+        return "".join(self.stream(prompt, **options))
+
+    def complete(self, prompt: Prompt, **options: Any) -> GenerationResult:
+        """Like generate(), with the details: tokens, finish reason, token counts, logprobs (logprobs=k)."""
+        gen = self.generation(self.prompt_ids(prompt), **options)
+        for _ in self._run([gen]):
+            pass
+        return gen.result()
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = False, date_string: str | None = None,
+             **options: Any) -> Union[str, Iterator[str]]:
+        """Answer a conversation [{"role": ..., "content": ...}, ...] in the model's chat format."""
+        gen = self.generation(self.chat_ids(messages, date_string), chat=True, **options)
+        chunks = self._text_of(gen)
         return chunks if stream else "".join(chunks)
 
-    def generate_batch(self, prompts: Sequence[Prompt], **sampling: Any) -> list[str]:
-        """Generate for several prompts, decoding all sequences in one forward per step."""
-        from .batch import generate_batch
+    def complete_batch(self, prompts: Sequence[Any], per_prompt: Sequence[Mapping[str, Any]] | None = None,
+                       chat: bool = False, errors: str = "raise", **options: Any) -> list[GenerationResult]:
+        """Generate for several prompts (message lists with chat=True), decoded together as slots allow.
 
-        return generate_batch(self, prompts, **sampling)
+        per_prompt: one dict of option overrides per prompt. errors="return": a prompt that cannot run (too
+        long, bad ids, bad options) gives a result with .error and finish_reason "error" instead of raising.
+        """
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+            raise InvalidArgumentTypeError("prompts must be a list of prompts (strings or token-id lists)")
+        _check_choice("errors", errors, ("raise", "return"))
+        if per_prompt is not None and len(per_prompt) != len(prompts):
+            raise InvalidArgumentError(f"per_prompt has {len(per_prompt)} entries for {len(prompts)} prompts")
+        gens: list[Generation | None] = []
+        failed: dict[int, str] = {}
+        for i, p in enumerate(prompts):
+            opts = {**options, **(per_prompt[i] if per_prompt is not None else {})}
+            try:
+                ids = self.chat_ids(p) if chat else self.prompt_ids(p)
+                seed = opts.get("seed")
+                if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 1 << 64:
+                    opts["seed"] = (seed + i) % (1 << 64)  # each sequence its own stream, reproducible from one seed
+                gens.append(self.generation(ids, chat=chat, index=i, **opts))
+            except Error as e:
+                if errors == "raise":
+                    raise
+                gens.append(None)
+                failed[i] = str(e)
+        live = [g for g in gens if g is not None]
+        decoder = Decoder(self)
+        for g in live:
+            decoder.add(g)
+        try:
+            while decoder.busy:
+                for gen, upd in decoder.step():
+                    if upd.error is not None and errors == "raise":
+                        raise upd.error
+        finally:
+            decoder.close()
+        return [g.result() if g is not None else GenerationResult("", [], "error", 0, None, failed[i])
+                for i, g in enumerate(gens)]
+
+    def generate_batch(self, prompts: Sequence[Prompt], **options: Any) -> list[str]:
+        """Generate for several prompts, decoding all sequences in one forward per step."""
+        return [r.text for r in self.complete_batch(prompts, **options)]
 
     # ------------------------------------------------------------------ persistence and lifetime
     def save(self, path: str | os.PathLike) -> None:
@@ -569,8 +681,9 @@ class Model:
             self._check_open()
             save_model(self, path)
 
-    def _engine_tensor(self, name: str) -> tuple[str, np.ndarray]:
-        return self._engine.tensor(name)
+    def tensor_data(self, name: str) -> tuple[str, np.ndarray]:
+        """(kind, array) of one weight as the engine holds it (panels unpacked to rows): for save() and exports."""
+        return self._live_engine.tensor(name)
 
     def close(self) -> None:
         """Free the weights and the KV cache; later calls raise ModelClosedError."""

@@ -53,7 +53,7 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     dtypes: dict[str, str] = {}
     kinds: dict[str, str] = {}
     for name in matrix_names(cfg) + vector_names(cfg):
-        kind, arr = model._engine_tensor(name)
+        kind, arr = model.tensor_data(name)
         tensors[name] = arr
         kinds[name] = kind
         if _STORAGE_DTYPE.get(kind):

@@ -1,0 +1,77 @@
+"""Pydantic models of the request bodies: strict types, unknown fields ignored (clients send extras).
+
+Field annotations use Optional/Union: pydantic evaluates them at run time (Python 3.9 has no `X | Y`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["CompletionRequest", "ChatRequest", "ScoreRequest", "ScoreParameters", "ScoreInput", "SamplingFields"]
+
+
+class _Lenient(BaseModel):
+    """Strict types, unknown fields ignored (clients send fields this server does not use).
+
+    Field annotations use Optional/Union: pydantic evaluates them at run time (Python 3.9 has no `X | Y`).
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class SamplingFields(_Lenient):
+    model: Optional[str] = None
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    n: int = 1
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    stream_options: Optional[dict[str, Any]] = None
+    user: Optional[str] = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Union[str, list[str], list[int]]
+    logprobs: Optional[int] = None
+    echo: bool = False
+    best_of: Optional[int] = None
+    suffix: Optional[str] = None
+
+
+class ChatRequest(SamplingFields):
+    messages: list[dict[str, Any]]
+    max_completion_tokens: Optional[int] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
+    tools: Optional[list[Any]] = None
+    response_format: Optional[dict[str, Any]] = None
+
+
+class ScoreParameters(_Lenient):
+    top_p: Optional[float] = None
+    temperature: Optional[float] = None
+    max_new_tokens: Optional[int] = None
+    do_sample: Optional[bool] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+
+
+class ScoreInput(_Lenient):
+    input_string: list[str] = Field(min_length=1)
+    parameters: ScoreParameters = Field(default_factory=ScoreParameters)
+
+
+class ScoreRequest(_Lenient):
+    input_data: ScoreInput
