@@ -291,6 +291,37 @@ def test_serve_answers_after_a_replica_is_killed(served, local_model) -> None:
     assert _chat(client) == want
 
 
+@needs_smol
+def test_cli_serve_ray(cluster, local_model) -> None:
+    import httpx
+    from ray import serve
+
+    serve.shutdown()  # the app above holds the route; the CLI starts Serve again on its own port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llama32_native", "serve", "--ray", SMOL, "--port", str(port), "--threads", "1",
+           "--ctx", str(CTX), "--max-batch", "2", "--api-key", KEY, "--model-name", "smol", "-q"]
+    proc = subprocess.Popen(cmd, env=subprocess_env(RAY_ADDRESS=cluster.address), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve --ray did not answer within 120 s"
+            time.sleep(1)
+        assert _chat(_client(f"http://127.0.0.1:{port}")) == local_model.chat(MESSAGES, max_new_tokens=NEW,
+                                                                               do_sample=False)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0  # Ctrl-C: the app is deleted, the command exits 0
+    assert "llama32-native" not in serve.status().applications
+
+
 # ---------------------------------------------------------------------- the builder as Ray's CLI calls it
 @needs_ray
 def test_serve_run_builder_takes_text_options() -> None:

@@ -14,6 +14,10 @@ import inspect
 import json
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Union
 
@@ -216,6 +220,7 @@ def generate_dataset(ds: Any, model: ModelSource, **options: Any) -> Any:
 
 
 # ====================================================================== Ray Serve
+SERVE_APP_NAME = "llama32-native"
 DEPLOYMENT_OPTIONS = ("name", "num_replicas", "autoscaling_config", "max_ongoing_requests", "max_queued_requests",
                       "ray_actor_options", "max_replicas_per_node", "health_check_period_s", "health_check_timeout_s",
                       "graceful_shutdown_timeout_s", "graceful_shutdown_wait_loop_s", "placement_group_bundles",
@@ -346,12 +351,25 @@ def _check_server_config(server: dict[str, Any]) -> None:
 
 
 def run_server(model: ModelSource, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
-    """Serve on Ray until Ctrl-C: joins the cluster at $RAY_ADDRESS (or starts a local one), starts Serve's proxy on
-    host:port, deploys build_app(model=..., **options). Used by `llama32-native serve --ray`."""
+    """Serve build_app(model=..., **options) on Ray until Ctrl-C (`llama32-native serve --ray`).
+
+    Joins the cluster Ray finds ($RAY_ADDRESS, or one started on this machine by `ray start`), else starts a local
+    one; Serve's proxy listens on host:port. On Ctrl-C or SIGTERM the application is deleted (its replicas stop).
+    """
     from ray import serve
 
     app = build_app(model=model, host=host, **options)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray.init(logging_level="warning")
     serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name="llama32-native", route_prefix="/", blocking=True)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a service manager) stops it like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        serve.run(app, name=SERVE_APP_NAME, route_prefix="/")
+        print(f"serving on http://{host}:{port} through Ray Serve (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(SERVE_APP_NAME)
