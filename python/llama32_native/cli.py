@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "each replica loads MODEL (pip install 'llama32_native[ray]'; docs/RAY.md)")
     p.add_argument("--replicas", default="1",
                    help="with --ray: replicas of --threads threads each, or 'auto' (default: %(default)s)")
+    p.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application: join the cluster at $RAY_ADDRESS (or start a local one); "
+                        "each replica loads MODEL (pip install 'llama32_native[ray]'; docs/RAY.md)")
+    p.add_argument("--replicas", default="1",
+                   help="with --ray: replicas of --threads threads each, or 'auto' (default: %(default)s)")
     _add_load_args(p)
     _add_common(p)
 
@@ -477,6 +482,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _progress(args, f"warning: serving on {args.host} without an API key: anyone who can reach it can use it")
     if args.ray:
         return _serve_on_ray(args, config)
+    if args.ray:
+        return _serve_on_ray(args, config)
     model = _load(args, args.model, max_sequences=args.max_batch + 1)
     try:
         if model.tokenizer is None:
@@ -485,6 +492,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.serve(model, host=args.host, port=args.port, config=config, log_level=args.log_level)
     finally:
         model.close()
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
+    """`serve --ray`: the same app on Ray Serve (llama32_native.ray.build_app), one model per replica."""
+    import dataclasses
+
+    replicas: int | str = args.replicas
+    if replicas != "auto":
+        if not replicas.isdigit() or int(replicas) < 1:
+            raise CliError(f"--replicas must be a positive integer or 'auto', got {replicas!r}")
+        replicas = int(replicas)
+    try:
+        from .ray import run_server
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    from .model import default_threads
+
+    run_server(args.model, host=args.host, port=args.port, threads=args.threads or default_threads(),
+               max_batch=args.max_batch, num_replicas=replicas, quant=args.quant, context_length=args.ctx,
+               kv_cache=args.kv_cache, **dataclasses.asdict(config))
     return 0
 
 
