@@ -87,8 +87,18 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{task:13s} #{i}  off {row['off_tok_s']:6.1f} tok/s  on {row['on_tok_s']:6.1f} tok/s  "
                   f"x{row['speedup']:.2f}  acceptance {row['acceptance']:.2f}  "
                   f"tokens/forward {row['tokens_per_forward']:.2f}  ({row['decode_tokens']} tokens)", flush=True)
+    summary = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        rs = [r for r in rows if r["task"] == task]
+        summary[task] = {
+            "speedup_geomean": statistics.geometric_mean(r["speedup"] for r in rs),
+            "acceptance": sum(r["accepted"] for r in rs) / max(1, sum(r["proposed"] for r in rs)),
+            "tokens_per_forward": statistics.mean(r["tokens_per_forward"] for r in rs),
+        }
+        print(f"{task:13s} speed-up x{summary[task]['speedup_geomean']:.2f} (geometric mean), acceptance "
+              f"{summary[task]['acceptance']:.2f}, tokens/forward {summary[task]['tokens_per_forward']:.2f}")
     profile = forward_profile(model, args.k + 1)
-    return {"model": args.model, "quant": model.quant, "threads": model.threads, "k": args.k,
+    return {"summary": summary, "model": args.model, "quant": model.quant, "threads": model.threads, "k": args.k,
             "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "rows": rows,
             "cost_ms": [1e3 * c for c in profile.cost[1:]], "exact_rows": profile.exact_rows}
 

@@ -269,7 +269,7 @@ class _Scripted:
 
 def test_adaptive_proposer_stops_drafting_and_checks_lookup_for_free():
     inner = _Scripted([7, 7, 7, 7])
-    ap = AdaptiveProposer(inner, DraftLengthController(_cost(0.05), k_max=4, prior=0.9), cheap=True)
+    ap = AdaptiveProposer(inner, lambda _: DraftLengthController(_cost(0.05), k_max=4, prior=0.9), cheap=True)
     ctx = [1, 2, 3]
     assert ap.propose(ctx, 8) == [7, 7, 7, 7]
     for _ in range(30):
@@ -288,7 +288,8 @@ def test_adaptive_proposer_stops_drafting_and_checks_lookup_for_free():
 
 def test_adaptive_proposer_probes_a_costly_drafter_with_backoff():
     inner = _Scripted([7, 7])
-    ap = AdaptiveProposer(inner, DraftLengthController(_cost(0.05), k_max=2, prior=0.01, prior_weight=100), False)
+    ap = AdaptiveProposer(inner, lambda _: DraftLengthController(_cost(0.05), k_max=2, prior=0.01, prior_weight=100),
+                          False)
     drafted = [bool(ap.propose([1], 2)) or ap.accepted(0) for _ in range(200)]
     steps = [i for i, x in enumerate(drafted) if x]
     assert 3 <= len(steps) <= 8  # probes after 4, 8, 16, 32, 64, 64... idle steps
@@ -312,8 +313,8 @@ def test_make_proposer_validates_before_work():
         make_proposer(m, other, 4)
     assert make_proposer(m, None, 4) is None
     ap = make_proposer(m, "ngram", 4)
-    assert isinstance(ap, AdaptiveProposer) and ap.controller.k_max == 4
-    assert make_proposer(m, "ngram", None).controller.k_max == 8  # the default cap
+    assert isinstance(ap, AdaptiveProposer) and ap.controller(1).k_max == 4
+    assert make_proposer(m, "ngram", None).controller(4).k_max == 8  # the default cap
 
 
 @pytest.mark.parametrize("quant", ["q4_0", "bf16"])
@@ -331,7 +332,7 @@ def test_forward_profile_caps_drafts_at_bit_exact_row_counts(quant):
         one = np.stack([s.feed([t]) for t in ids])
         s.truncate(2)
         np.testing.assert_array_equal(m.step([s], [ids], len(ids))[0], one)
-    assert make_proposer(m, "ngram", 11).controller.k_max == min(11, prof.exact_rows - 1)
+    assert make_proposer(m, "ngram", 11).controller(1).k_max == min(11, prof.exact_rows - 1)
     assert m.free_slots == 2  # the measuring session was given back
 
 
@@ -507,3 +508,41 @@ def test_smollm2_greedy_identical_with_prompt_lookup_and_draft_model():
         ref = target.complete(target.chat_ids(msgs[0]), stop=stop, **opts)
         got = target.complete(target.chat_ids(msgs[0]), stop=stop, speculative="ngram", **opts)
         assert (got.text, got.finish_reason) == (ref.text, ref.finish_reason) and stop not in got.text
+
+
+def test_adaptive_prompt_lookup_keys_controllers_by_match_length():
+    ng = NgramProposer(max_ngram=6)
+    assert ng.match_length([1, 2, 3, 9, 1, 2, 3]) == 3 and ng.match_length([4, 5]) == 0
+    ap = AdaptiveProposer(NgramProposer(max_ngram=6),
+                          lambda n: DraftLengthController(_cost(0.05), k_max=4, prior={1: 0.0}.get(n, 0.9)), True)
+    assert ap.propose([4, 5, 6], 4) == []  # no match: nothing to draft
+    assert ap.propose([1, 2, 3, 4, 5, 1, 2, 3, 4], 4) == [5, 1, 2, 3]  # 4-gram: a confident controller
+    ap.accepted(4)
+    assert ap.propose([7, 1, 8, 1], 4) == []  # 1-gram: its controller does not draft
+    assert ap.stats() == {"proposed": 4, "accepted": 4, "verify_steps": 1, "acceptance": 1.0}
+
+
+def test_draft_sessions_go_back_when_generations_end():
+    """More generations than draft slots: each finished generation gives its draft session back, so every later one
+    drafts too (and sampling generations draw their drafts from the draft model's own distribution)."""
+    from llama32_native.generation import Decoder
+    from llama32_native.loading.synthetic import random_tensors
+    from llama32_native.model import tensor_plan
+
+    cfg = _tiny(n_embd=128, n_ff=256, head_dim=32, n_vocab=64)
+    target = l32.Model(cfg, random_tensors(cfg, tensor_plan(cfg, "f32"), 4), quant="q8_0", max_sequences=2,
+                       context_length=128)
+    draft = l32.Model(cfg, random_tensors(cfg, tensor_plan(cfg, "f32"), 4), quant="q4_0", max_sequences=2,
+                      context_length=128)
+    gens = [target.generation([3 + i, 4, 5, 6], do_sample=i % 2 == 1, seed=i, max_new_tokens=12, stop_ids=(),
+                              speculative=draft, num_speculative_tokens=3) for i in range(6)]
+    dec = Decoder(target)
+    for g in gens:
+        dec.add(g)
+    while dec.busy:
+        dec.step()
+    assert all(g.proposer.stats()["proposed"] > 0 for g in gens)
+    assert all(len(g.tokens) == 12 for g in gens)
+    assert draft.free_slots == 2 and target.free_slots == 2
+    sampled = gens[1].proposer.inner
+    assert sampled._sampler is not None and gens[0].proposer.inner._sampler is None

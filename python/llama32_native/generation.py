@@ -324,3 +324,6 @@ class Decoder:
         if gen.session is not None:
             gen.session.close()
             gen.session = None
+        close = getattr(gen.proposer, "close", None)
+        if close is not None:  # a draft model's session goes back to its pool
+            close()

@@ -81,7 +81,7 @@ def build_generation(model: Model, prompt_ids: Sequence[int], chat: bool = False
     if speculative is not None:
         from .speculative import make_proposer
 
-        proposer = make_proposer(model, speculative, k)
+        proposer = make_proposer(model, speculative, k, params=params)  # a draft model samples with params too
     elif k is not None:
         raise InvalidArgumentError("num_speculative_tokens needs speculative='ngram' or a draft Model")
     stop_ids = options.pop("stop_ids", None)
