@@ -186,8 +186,8 @@ def smollm2():
     ("Weather in Rome, in fahrenheit please", {"type": "function", "function": {"name": "get_weather"}}),
 ])
 def test_smollm2_forced_call_parses_and_validates(smollm2, question: str, choice) -> None:
-    reply = tools.chat_with_tools(smollm2, [{"role": "user", "content": question}], tools=[WEATHER, TIME],
-                                  tool_choice=choice, max_new_tokens=60, do_sample=False, logprobs=True)
+    reply = smollm2.chat([{"role": "user", "content": question}], tools=[WEATHER, TIME], tool_choice=choice,
+                         max_new_tokens=60, do_sample=False, logprobs=True)
     _validate(reply, [WEATHER, TIME])
     if isinstance(choice, dict):
         assert reply.tool_calls[0].name == choice["function"]["name"]
@@ -196,6 +196,8 @@ def test_smollm2_forced_call_parses_and_validates(smollm2, question: str, choice
 
 def test_smollm2_history_with_tool_result(smollm2) -> None:
     """A conversation that holds a call and its result renders and runs; auto may answer in plain text."""
+    reply = smollm2.chat(HISTORY, max_new_tokens=24, do_sample=False)  # no tools: the history alone routes here
+    assert isinstance(reply, tools.ChatReply) and reply.tool_calls == []
     reply = tools.chat_with_tools(smollm2, HISTORY, tools=[WEATHER], max_new_tokens=24, do_sample=False)
     assert reply.finish_reason in ("stop", "length", "tool_calls")
     assert reply.tool_calls or reply.content
