@@ -37,21 +37,28 @@ PREFILL_CHUNK = 512  # rows per forward call while feeding a long prompt: bounds
 Prompt = Union[str, Sequence[int]]
 
 
-def default_threads() -> int:
-    """Physical cores available to this process (hyper-threads do not help a bandwidth-bound decode)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        n = os.cpu_count() or 1
-    try:
-        import psutil  # optional
+DEFAULT_CONTEXT_LENGTH = 8192  # positions reserved when the caller names none (the CLI's default too)
 
-        phys = psutil.cpu_count(logical=False)
-        if phys:
-            n = min(n, phys)
-    except Exception:
-        pass
-    return max(1, n)
+
+def default_threads() -> int:
+    """CPUs this process may use: affinity, cgroup quota, physical cores (threads.default_threads)."""
+    from .threads import default_threads as threads_default
+
+    return threads_default()
+
+
+def resolve_context_length(value: int | None, config: LlamaConfig) -> int:
+    """None: DEFAULT_CONTEXT_LENGTH capped at the model's maximum; an explicit value above that maximum is an error."""
+    from .errors import InvalidArgumentError
+
+    default = min(DEFAULT_CONTEXT_LENGTH, config.n_ctx)
+    if value is None:
+        return default
+    n = _check_int_arg("context_length", value, 1, 1 << 40)
+    if n > config.n_ctx:
+        raise InvalidArgumentError(f"context_length={n} exceeds this model's maximum of {config.n_ctx} positions; "
+                                   f"pass at most {config.n_ctx}, or leave it out for {default}")
+    return n
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -281,13 +288,13 @@ class Model:
     """A Llama 3.2 model in the C++ engine. Construct with `from_pretrained` or `random`."""
 
     def __init__(self, config: LlamaConfig, tensors: Mapping[str, Tensor], *, quant: str = "q4_0",
-                 threads: int | None = None, context_length: int = 8192, kv_cache: str = "f16",
+                 threads: int | None = None, context_length: int | None = None, kv_cache: str = "f16",
                  max_sequences: int = 8, tokenizer: Any = None, chat_format: Any = None,
                  plan: Mapping[str, str] | None = None, progress: bool | None = None, source: str = ""):
         _check_choice("quant", quant, QUANTS)
         _check_choice("kv_cache", kv_cache, KV_TYPES)
         threads = default_threads() if threads is None else _check_int_arg("threads", threads, 1, 1024)
-        context_length = _check_int_arg("context_length", context_length, 1, config.n_ctx)
+        context_length = resolve_context_length(context_length, config)
         max_sequences = _check_int_arg("max_sequences", max_sequences, 1, 4096)
         if "output" in tensors and config.tie_word_embeddings:  # an explicit head wins over the tie (docs/MODEL.md)
             import dataclasses
@@ -343,15 +350,16 @@ class Model:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, quant: str = "q4_0", threads: int | None = None,
-                        context_length: int = 8192, kv_cache: str = "f16", max_sequences: int = 8,
+                        context_length: int | None = None, kv_cache: str = "f16", max_sequences: int = 8,
                         check_tensors: bool = False, progress: bool | None = None) -> "Model":
         """Load a Hugging Face directory, a .gguf file, or a file written by Model.save()."""
+        from .hub import resolve_model
         from .loading.open import open_checkpoint
 
         _check_choice("quant", quant, QUANTS)
+        path = resolve_model(path)  # a path, a short name like "smollm2", or a Hugging Face repo id
         ckpt = open_checkpoint(path, check_tensors=check_tensors)
         try:
-            context_length = min(context_length, ckpt.config.n_ctx) if isinstance(context_length, int) else context_length
             return cls(ckpt.config, ckpt.tensors, quant=ckpt.quant or quant, threads=threads,
                        context_length=context_length, kv_cache=kv_cache, max_sequences=max_sequences,
                        tokenizer=ckpt.tokenizer, chat_format=ckpt.chat_format, plan=ckpt.plan,
@@ -361,7 +369,7 @@ class Model:
 
     @classmethod
     def random(cls, config: LlamaConfig | str, quant: str = "q4_0", seed: int = 0, threads: int | None = None,
-               context_length: int = 8192, kv_cache: str = "f16", max_sequences: int = 8,
+               context_length: int | None = None, kv_cache: str = "f16", max_sequences: int = 8,
                tokenizer: Any = None) -> "Model":
         """Synthetic weights of an exact architecture (a preset name or a LlamaConfig), for benchmarks and tests.
 
@@ -373,7 +381,6 @@ class Model:
         if isinstance(config, str):
             config = LlamaConfig.preset(config)
         _check_choice("quant", quant, QUANTS)
-        context_length = min(context_length, config.n_ctx)
         plan = tensor_plan(config, quant)
         tensors = random_tensors(config, plan, seed)
         return cls(config, tensors, quant=quant, threads=threads, context_length=context_length,
@@ -621,16 +628,8 @@ class Model:
         return gen.result()
 
     def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = False, date_string: str | None = None,
-             **options: Any) -> Any:
-        """Answer a conversation [{"role": ..., "content": ...}, ...] in the model's chat format.
-
-        With tools=[...] (OpenAI's function tools; tool_choice, parallel_tool_calls) or a history holding assistant
-        tool_calls or tool results, the answer is a tools.ChatReply: content and/or ToolCall objects.
-        """
-        from .tools import chat_with_tools, has_tool_turns
-
-        if options.get("tools") is not None or has_tool_turns(messages):
-            return chat_with_tools(self, messages, stream=stream, date_string=date_string, **options)
+             **options: Any) -> Union[str, Iterator[str]]:
+        """Answer a conversation [{"role": ..., "content": ...}, ...] in the model's chat format."""
         gen = self.generation(self.chat_ids(messages, date_string), chat=True, **options)
         chunks = self._text_of(gen)
         return chunks if stream else "".join(chunks)
