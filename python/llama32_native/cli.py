@@ -52,6 +52,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) ->
     g.add_argument("--seed", type=int, default=None, help="for reproducible sampling")
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--speculative", default=None, metavar="ngram|MODEL",
+                   help="speculative decoding (same output, fewer forwards): 'ngram' (prompt lookup) or a draft "
+                        "model with the same vocabulary (a path or name)")
+    g.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                   help="most drafts verified per forward (default: 8; the draft length adapts below it)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -116,11 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin allowed to call the API (repeatable)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    p.add_argument("--ray", action="store_true",
-                   help="serve as a Ray Serve application: join the cluster at $RAY_ADDRESS (or start a local one); "
-                        "each replica loads MODEL (pip install 'llama32_native[ray]'; docs/RAY.md)")
-    p.add_argument("--replicas", default="1",
-                   help="with --ray: replicas of --threads threads each, or 'auto' (default: %(default)s)")
     p.add_argument("--ray", action="store_true",
                    help="serve as a Ray Serve application: join the cluster at $RAY_ADDRESS (or start a local one); "
                         "each replica loads MODEL (pip install 'llama32_native[ray]'; docs/RAY.md)")
@@ -249,6 +249,18 @@ def _print_section(title: str, values: dict[str, Any], indent: str = "") -> None
             print(f"{indent}  {k.ljust(width)}  {v}")
 
 
+def _speculation(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """generate()'s speculative options from --speculative (loading a draft model) and --num-speculative-tokens."""
+    spec, k = getattr(args, "speculative", None), getattr(args, "num_speculative_tokens", None)
+    if spec is None:
+        if k is not None:
+            raise CliError("--num-speculative-tokens needs --speculative")
+        return {}
+    if spec != "ngram":
+        spec = _load(args, spec, max_sequences=model.max_sequences)
+    return {"speculative": spec, "num_speculative_tokens": k}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -257,6 +269,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = _load(args, args.model)
     try:
         counter = _TokenCounter()
+        sampling = {**sampling, **_speculation(args, model)}
         t0 = time.perf_counter()
         for chunk in _stream_counted(model, prompt, sampling, counter):
             _write(sys.stdout, chunk)
@@ -265,6 +278,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             dt = time.perf_counter() - t0
             print(f"{counter.n} tokens in {dt:.2f} s ({counter.n / dt if dt else 0:.1f} tokens/s, "
                   f"first after {counter.first_s:.3f} s)", file=sys.stderr)
+            if counter.drafts is not None:
+                proposed, accepted = counter.drafts["proposed"], counter.drafts["accepted"]
+                print(f"speculative: {accepted}/{proposed} drafts accepted "
+                      f"({accepted / proposed if proposed else 0:.0%}), "
+                      f"{counter.n / counter.forwards if counter.forwards else 0:.2f} tokens per forward",
+                      file=sys.stderr)
     finally:
         model.close()
     return 0
@@ -273,6 +292,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 class _TokenCounter:
     def __init__(self) -> None:
         self.n, self.first_s, self._t0 = 0, 0.0, time.perf_counter()
+        self.forwards, self.drafts = 0, None  # target forwards; the drafter's stats, when speculating
 
     def add(self, n: int) -> None:
         if self.n == 0 and n:
@@ -283,7 +303,8 @@ class _TokenCounter:
 def _stream_counted(model: Any, prompt: str, sampling: dict[str, Any], counter: _TokenCounter) -> Iterator[str]:
     """model.stream(prompt), counting the tokens on the way."""
     decoder = Decoder(model)
-    decoder.add(model.generation(model.prompt_ids(prompt), **sampling))
+    gen = model.generation(model.prompt_ids(prompt), **sampling)
+    decoder.add(gen)
     try:
         while decoder.busy:
             for _, upd in decoder.step():
@@ -294,6 +315,9 @@ def _stream_counted(model: Any, prompt: str, sampling: dict[str, Any], counter: 
                     yield upd.text
     finally:
         decoder.close()
+        counter.forwards = decoder.forward_calls
+        if gen.proposer is not None and hasattr(gen.proposer, "stats"):
+            counter.drafts = gen.proposer.stats()
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -302,7 +326,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         if model.chat_format is None:
             raise CliError(f"{args.model}: the model has no chat format (no tokenizer with chat tokens)")
-        return ChatLoop(model, sampling, args.system).run(sys.stdin, sys.stdout)
+        return ChatLoop(model, sampling, args.system, _speculation(args, model)).run(sys.stdin, sys.stdout)
     finally:
         model.close()
 
@@ -317,8 +341,10 @@ class ChatLoop:
     HELP = "commands: /reset (forget the conversation), /quit (or Ctrl-D), /help"
     HISTORY = os.path.join(os.path.expanduser("~"), ".llama32_native_history")
 
-    def __init__(self, model: Any, sampling: dict[str, Any], system: str | None = None):
+    def __init__(self, model: Any, sampling: dict[str, Any], system: str | None = None,
+                 options: dict[str, Any] | None = None):
         self.model, self.sampling, self.system = model, sampling, system
+        self.options = options or {}  # other generate() options (speculative decoding)
         self.messages: list[dict[str, str]] = []
         self.reset()
 
@@ -393,7 +419,7 @@ class ChatLoop:
         ids = self.model.chat_format.encode(self.messages, add_generation_prompt=True)
         ts = TextStream(self.model.tokenizer, params.stop_strings)
         n = 0
-        for tok in self.model.generate_tokens(ids, **self.sampling):
+        for tok in self.model.generate_tokens(ids, **self.sampling, **self.options):
             n += 1
             piece = ts.push(tok)
             if piece:
@@ -472,16 +498,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--max-batch must be in [1, 1024], got {args.max_batch}")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in [0, 65535], got {args.port}")
+    if args.api_key is not None and not args.api_key.strip():  # an empty key must never mean "no authentication"
+        raise CliError("the API key is empty (--api-key or LLAMA32_API_KEY): give a key, or leave both unset")
     config = server.ServerConfig(
         model_name=args.model_name or os.path.basename(os.path.normpath(args.model)),
-        api_key=args.api_key or None, max_queue=args.max_queue, max_tokens=args.max_tokens,
+        api_key=args.api_key, max_queue=args.max_queue, max_tokens=args.max_tokens,
         max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,
         allowed_hosts=tuple(args.allowed_host) if args.allowed_host else None,
         cors_origins=tuple(args.cors_origin))
     if args.host not in server.LOCAL_HOSTS and not config.api_key:
         _progress(args, f"warning: serving on {args.host} without an API key: anyone who can reach it can use it")
-    if args.ray:
-        return _serve_on_ray(args, config)
     if args.ray:
         return _serve_on_ray(args, config)
     model = _load(args, args.model, max_sequences=args.max_batch + 1)
@@ -492,27 +518,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.serve(model, host=args.host, port=args.port, config=config, log_level=args.log_level)
     finally:
         model.close()
-    return 0
-
-
-def _serve_on_ray(args: argparse.Namespace, config: Any) -> int:
-    """`serve --ray`: the same app on Ray Serve (llama32_native.ray.build_app), one model per replica."""
-    import dataclasses
-
-    replicas: int | str = args.replicas
-    if replicas != "auto":
-        if not replicas.isdigit() or int(replicas) < 1:
-            raise CliError(f"--replicas must be a positive integer or 'auto', got {replicas!r}")
-        replicas = int(replicas)
-    try:
-        from .ray import run_server
-    except ImportError as e:
-        raise CliError(str(e)) from None
-    from .model import default_threads
-
-    run_server(args.model, host=args.host, port=args.port, threads=args.threads or default_threads(),
-               max_batch=args.max_batch, num_replicas=replicas, quant=args.quant, context_length=args.ctx,
-               kv_cache=args.kv_cache, **dataclasses.asdict(config))
     return 0
 
 

@@ -30,15 +30,23 @@ class ServerConfig:
     max_prompts: int = 16  # prompts in one /v1/completions list or /score input_string
     body_timeout_s: float = 30.0  # a body that trickles in slower than this gets 408
     retry_after_s: int = 1
+    header_timeout_s: float = 10.0  # a connection must send a whole request head within this, or it is closed
+    idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 512  # open connections past this are closed at once (file descriptors stay bounded)
     allowed_hosts: tuple[str, ...] | None = None  # Host header names; None: local names when bound locally
     cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("max_queue", "max_tokens", "default_max_tokens", "max_body_bytes", "max_n", "max_prompts"):
+        for name in ("max_queue", "max_tokens", "default_max_tokens", "max_body_bytes", "max_n", "max_prompts",
+                     "max_connections"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"ServerConfig.{name} must be a positive integer, got {v!r}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise InvalidArgumentError(f"ServerConfig.max_prompt_tokens must be positive, got {self.max_prompt_tokens}")
-        if self.api_key is not None and not self.api_key:
-            raise InvalidArgumentError("ServerConfig.api_key must not be empty")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidArgumentError("ServerConfig.api_key must not be empty (None serves without a key)")
+        for name in ("header_timeout_s", "idle_timeout_s", "body_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
+                raise InvalidArgumentError(f"ServerConfig.{name} must be in (0, 3600] seconds, got {v!r}")

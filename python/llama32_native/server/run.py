@@ -19,8 +19,14 @@ __all__ = ["serve", "start_in_thread"]
 def _uvicorn_config(app: Any, host: str, port: int, log_level: str, graceful_s: float) -> Any:
     import uvicorn
 
+    from .connections import bounded_protocol, install_log_limits
+
+    cfg: ServerConfig = app.state.config
+    install_log_limits()
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_s,
-                          timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024, server_header=False)
+                          timeout_keep_alive=int(max(1, cfg.idle_timeout_s)), h11_max_incomplete_event_size=64 * 1024,
+                          server_header=False, http=bounded_protocol(cfg.header_timeout_s, cfg.max_connections),
+                          backlog=min(2048, 4 * cfg.max_connections))
 
 
 def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None,

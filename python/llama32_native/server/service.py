@@ -174,8 +174,8 @@ class Service:
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
-                    getter.cancel()
-                    raise asyncio.CancelledError()  # the client left: nobody is waiting for the answer
+                    getter.cancel()  # the client left: nobody is waiting for the answer
+                    raise ApiError("the client closed the request", code="client_closed", status=499)
                 ev = getter.result()
                 if isinstance(ev, TextEvent):
                     out[ev.index]["text"].append(ev.text)
