@@ -190,3 +190,31 @@ def _health(port: int) -> int:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
     except httpx.HTTPError:
         return 0
+
+
+class _Panic(BaseException):
+    """Stands in for pyo3's PanicException (a BaseException that `except Exception` does not catch)."""
+
+
+def test_anything_escaping_a_route_is_a_json_500() -> None:
+    import llama32_native as l32
+    from llama32_native.server import ServerConfig, create_app, start_in_thread
+
+    model = l32.Model.random(tiny_config(n_vocab=270), quant="f32", threads=1, context_length=64,
+                             tokenizer=chatml_tokenizer())
+    app = create_app(model, ServerConfig())
+
+    @app.get("/boom/{kind}")
+    async def boom(kind: str) -> None:
+        raise _Panic("panicked") if kind == "panic" else RuntimeError("a bug")
+
+    srv, thread, port = start_in_thread(app)
+    try:
+        for kind in ("panic", "bug"):
+            r = httpx.get(f"http://127.0.0.1:{port}/boom/{kind}")
+            assert r.status_code == 500
+            assert r.json()["error"]["code"] == "internal_error"
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from typing import Callable
 
@@ -16,6 +17,8 @@ from .config import LOCAL_HOSTS, ServerConfig
 from .errors import send_error, send_raw
 
 __all__ = ["Guard", "default_hosts"]
+
+log = logging.getLogger("llama32_native.server")
 
 
 class Guard:
@@ -60,7 +63,26 @@ class Guard:
 
         if cors:
             send = _with_headers(send, _cors_headers(origin))
-        await self.app(scope, replay, send)
+        await self._call_app(scope, replay, send)
+
+    async def _call_app(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Run the app; whatever escapes it (a bug, a foreign BaseException such as a Rust panic) becomes
+        OpenAI's JSON 500 when no response has started, never a plain-text error page."""
+        started = False
+
+        async def tracking_send(msg: dict) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError):
+            raise
+        except BaseException as e:  # noqa: B036 - pyo3's PanicException derives from BaseException
+            log.error("unhandled %s in %s: %s", type(e).__name__, scope.get("path"), e, exc_info=True)
+            if not started:
+                await send_error(send, 500, f"internal error: {type(e).__name__}", code="internal_error")
 
     async def _read_body(self, headers: dict[str, str], receive: Callable, send: Callable) -> bytes | None:
         limit = self.config.max_body_bytes
