@@ -18,11 +18,6 @@ struct Error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// Thrown when the user interrupted a computation (Ctrl-C); mapped to KeyboardInterrupt.
-struct Interrupted : std::runtime_error {
-    Interrupted() : std::runtime_error("interrupted") {}
-};
-
 #define L32_CHECK(cond, msg)                                   \
     do {                                                       \
         if (!(cond)) throw ::l32::Error(std::string(msg));     \

@@ -1,8 +1,10 @@
 // dispatch.cpp — picks the kernel table once, from cpu_features() and the LLAMA32_NATIVE_ISA override.
-// Contract: the only file that knows every ISA; a forced ISA the CPU lacks is an error, never a SIGILL.
+// Contract: the only file that knows every ISA; a forced ISA the CPU lacks, or a table with a required entry unset,
+// is an error (l32::Error), never a SIGILL or a null call.
 #include "dispatch.h"
 
 #include <cstdlib>
+#include <utility>
 
 #include "common.h"
 #include "cpu_features.h"
@@ -31,6 +33,28 @@ const IsaEntry kIsas[] = {
 };
 }  // namespace
 
+std::vector<const char*> missing_kernels(const KernelTable& t) {
+    // Each entry by name; a new KernelTable entry must be added here (the size check below fails until it is).
+    static_assert(sizeof(KernelTable) == 12 * sizeof(void*), "KernelTable changed: update missing_kernels()");
+    const std::pair<const char*, bool> required[] = {
+        {"name", t.name != nullptr},
+        {"dot_f32", t.dot_f32 != nullptr},
+        {"dot_bf16", t.dot_bf16 != nullptr},
+        {"gemm_q8_0", t.gemm_q8_0 != nullptr},
+        {"gemm_q4_0", t.gemm_q4_0 != nullptr},
+        // gemm_f32, gemm_bf16: optional (nullptr: matmul uses dot_f32 / dot_bf16)
+        {"kv_to_f32", t.kv_to_f32 != nullptr},
+        {"attn_block", t.attn_block != nullptr},
+        {"quantize_act", t.quantize_act != nullptr},
+        {"f32_to_f16", t.f32_to_f16 != nullptr},
+        {"silu_mul", t.silu_mul != nullptr},
+    };
+    std::vector<const char*> missing;
+    for (const auto& e : required)
+        if (!e.second) missing.push_back(e.first);
+    return missing;
+}
+
 std::vector<std::string> available_isas() {
     std::vector<std::string> out;
     for (const auto& e : kIsas)
@@ -44,6 +68,9 @@ const KernelTable& kernel_table(const std::string& isa) {
         if (isa == e.name) {
             if (!e.supported(cpu_features()))
                 throw Error("ISA '" + isa + "' is not supported by this CPU (" + cpu_features().brand + ")");
+            std::string missing;
+            for (const char* m : missing_kernels(*e.table)) missing += std::string(missing.empty() ? "" : ", ") + m;
+            if (!missing.empty()) throw Error("the " + isa + " kernel table lacks: " + missing);
             return *e.table;
         }
         known += std::string(known.empty() ? "" : ", ") + e.name;

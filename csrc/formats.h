@@ -36,6 +36,8 @@ WType wtype_from_name(const std::string& name);  // throws Error on an unknown n
 // every row's int32 lane, and a block accumulates whole before its 16 scales are applied at once. The same layout
 // serves decode (1 activation row) and prefill (many): the weights are never repacked after load.
 constexpr int PANEL_ROWS = 16;
+// Bytes of one block (32 columns) of a panel: its codes, 16 rows x 32 codes (Q8_0) or nibbles (Q4_0).
+constexpr int64_t panel_block_bytes(bool q4) { return q4 ? 256 : 512; }
 
 // A weight matrix [rows, cols] (PyTorch [out, in]) in one of the in-memory formats.
 //  F32:  data = float[rows*cols]
@@ -56,7 +58,7 @@ struct Matrix {
     bool quantized() const { return type == WType::Q8_0 || type == WType::Q4_0; }
     int64_t blocks_per_row() const { return cols / QK; }
     int64_t panels() const { return (rows + PANEL_ROWS - 1) / PANEL_ROWS; }
-    size_t panel_block_bytes() const { return type == WType::Q8_0 ? 512 : 256; }  // quantized types only
+    size_t panel_block_bytes() const { return size_t(l32::panel_block_bytes(type == WType::Q4_0)); }  // quantized only
     size_t row_bytes() const;   // bytes of one row in `data` (float types only)
     size_t data_bytes() const;  // bytes of `data` for rows x cols of this type
     size_t scales_bytes() const { return size_t(panels() * blocks_per_row()) * PANEL_ROWS * 2; }  // quantized only

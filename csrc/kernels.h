@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "formats.h"
 
@@ -25,60 +26,91 @@ constexpr int FGEMM_NT = 6;
 constexpr int KV_TILE = 16;
 constexpr int ATT_KEYS = 128;
 
-// Activation rows for the dot kernels: row t starts at q + t*q_stride (int8 quants, or float/f32 values),
-// its block scales at d + t*b_stride and block sums (d * sum of quants) at s + t*b_stride.
+// Activation rows for the kernels: row t of the values starts at f + t*stride (float rows: dot_*, gemm_f32/bf16)
+// or q + t*stride (int8 quants: gemm_q8_0/q4_0), its block scales at d + t*b_stride and block sums (d * sum of
+// quants) at s + t*b_stride. A float view has f set and q, d, s null; a quantized view the reverse.
 struct ActRows {
-    const void* q;
-    const float* d;
-    const float* s;
-    int64_t q_stride;
-    int64_t b_stride;
+    const float* f = nullptr;
+    const int8_t* q = nullptr;
+    const float* d = nullptr;
+    const float* s = nullptr;
+    int64_t stride = 0;    // elements from one row of f or q to the next
+    int64_t b_stride = 0;  // blocks from one row of d or s to the next
+
+    static ActRows floats(const float* f, int64_t stride) {
+        ActRows a;
+        a.f = f;
+        a.stride = stride;
+        return a;
+    }
+    static ActRows quants(const int8_t* q, const float* d, const float* s, int64_t stride, int64_t b_stride) {
+        ActRows a;
+        a.q = q;
+        a.d = d;
+        a.s = s;
+        a.stride = stride;
+        a.b_stride = b_stride;
+        return a;
+    }
+    const float* f_row(int64_t t) const { return f + t * stride; }
+    const int8_t* q_row(int64_t t) const { return q + t * stride; }
+    const float* d_row(int64_t t) const { return d + t * b_stride; }
+    const float* s_row(int64_t t) const { return s + t * b_stride; }
+    // The same view from row t on.
+    ActRows from(int64_t t) const {
+        return f ? floats(f_row(t), stride) : quants(q_row(t), d_row(t), s_row(t), stride, b_stride);
+    }
 };
 
+// Tables are filled by field name (see the make_table() of each kernels/*.cpp) and checked when dispatch.cpp hands
+// one out: every entry is required except gemm_f32 and gemm_bf16, whose nullptr means "use the dot kernels".
 struct KernelTable {
-    const char* name;
+    const char* name = nullptr;
 
     // out[t * out_stride] = dot(weight row, activation row t) for t < nt (nt <= MAX_NT); n = row length.
-    void (*dot_f32)(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t out_stride);
-    void (*dot_bf16)(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t out_stride);
+    void (*dot_f32)(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t out_stride) = nullptr;
+    void (*dot_bf16)(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t out_stride) = nullptr;
     // Consecutive panels of a Q8_0/Q4_0 matrix (layout: formats.h) against int8 activation blocks:
     // y[t * ldy + r] = sum_b dw[r,b] * dx[t,b] * sum_k q[r,b,k] * xq[t,b,k] for rows r < rows (<= GEMM_ROWS) and
     // activation rows t < nt (<= GEMM_NT); q is the signed value (code - 128, or nibble - 8). codes and scales
     // point at the first panel's first block (nb blocks a panel). The same call is decode's GEMV (nt = 1) and
     // prefill's GEMM.
     void (*gemm_q8_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                      float* y, int64_t ldy);
+                      float* y, int64_t ldy) = nullptr;
     void (*gemm_q4_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                      float* y, int64_t ldy);
+                      float* y, int64_t ldy) = nullptr;
 
     // y[t * ldy + r] = dot(weight row r, activation row t) for r < rows (<= FGEMM_ROWS), t < nt (<= FGEMM_NT); weight
-    // rows are wstride elements apart, activation rows (f32) x.q_stride floats apart. bf16 weights are widened
+    // rows are wstride elements apart, activation rows (x.f) x.stride floats apart. bf16 weights are widened
     // exactly: the math is f32 as in dot_bf16. nullptr in a table: matmul then uses the dot kernels.
     void (*gemm_f32)(int64_t n, const float* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
-                     int64_t ldy);
+                     int64_t ldy) = nullptr;
     void (*gemm_bf16)(int64_t n, const uint16_t* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
-                      int64_t ldy);
+                      int64_t ldy) = nullptr;
 
     // One block of keys of the KV cache (layout: model.h) as f32: nk keys (<= ATT_KEYS) starting at a K tile, from
     // the ceil(nk/KV_TILE) K tiles at ktiles into kt (same tiled, transposed layout, f32) and the nk V rows at vrows
     // into v [nk][hd]. kv_type: F32, F16 or Q8_0 (then hd is a multiple of 32).
     void (*kv_to_f32)(int kv_type, int64_t hd, int64_t nk, const uint8_t* ktiles, const uint8_t* vrows, float* kt,
-                      float* v);
+                      float* v) = nullptr;
     // Folds one key block into the running softmax of nq queries (flash-attention style): query u (q + u*hd) sees
     // keys j0 .. min(j0 + nk, limit[u]) - 1 of the block (kt, v as kv_to_f32 writes them); m[u], l[u] are its
     // running max and sum of exp, o[u*hd ..] its unnormalized output. s: scratch of nq * ATT_KEYS floats.
     void (*attn_block)(int64_t nq, int64_t hd, const float* q, const int32_t* limit, int64_t j0, int64_t nk,
-                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o);
+                       const float* kt, const float* v, float scale, float* s, float* m, float* l, float* o) = nullptr;
 
     // One activation row to int8 blocks: d = amax/127, q = rint(x/d), s = d * sum(q). Bit-exact across ISAs.
-    void (*quantize_act)(int64_t n, const float* x, int8_t* q, float* d, float* s);
+    void (*quantize_act)(int64_t n, const float* x, int8_t* q, float* d, float* s) = nullptr;
 
     // f32 -> f16, round to nearest even (KV cache writes).
-    void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y);
+    void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y) = nullptr;
 
     // h = silu(g) * u = g / (1 + e^-g) * u, elementwise over n values (the SwiGLU gate); h may alias g or u.
-    void (*silu_mul)(int64_t n, const float* g, const float* u, float* h);
+    void (*silu_mul)(int64_t n, const float* g, const float* u, float* h) = nullptr;
 };
+
+// The names of the entries of t that are required and unset; empty when t is complete.
+std::vector<const char*> missing_kernels(const KernelTable& t);
 
 namespace scalar { extern const KernelTable table; }
 #if defined(__x86_64__) || defined(_M_X64)

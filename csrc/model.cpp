@@ -1,4 +1,4 @@
-// model.cpp — weights in memory and the Llama 3.2 forward pass (docs/MODEL.md, "Forward pass"), one batched entry point.
+// model.cpp — the tensor schema, weights in memory and the Llama 3.2 forward pass, one batched entry point.
 #include "model.h"
 
 #include <algorithm>
@@ -31,6 +31,39 @@ void Config::validate() const {
     L32_CHECK(std::isfinite(rms_eps) && rms_eps > 0, "config: rms_eps must be positive");
 }
 
+// THE tensor schema: fn(name, shape, matrix, vector) for every tensor of a model of config c, with w's storage for
+// it (exactly one of matrix / vector is non-null). w.layers must hold c.n_layer layers.
+template <class Fn>
+static void for_each_tensor(const Config& c, Weights& w, Fn&& fn) {
+    const int64_t E = c.n_embd;
+    fn("tok_embd", {c.n_vocab, E}, &w.tok_embd, nullptr);
+    fn("output_norm", {E}, nullptr, &w.output_norm);
+    if (!c.tie_word_embeddings) fn("output", {c.n_vocab, E}, &w.output, nullptr);
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+        Layer& L = w.layers[size_t(i)];
+        const std::string p = "blk." + std::to_string(i) + ".";
+        fn(p + "attn_norm", {E}, nullptr, &L.attn_norm);
+        fn(p + "attn_q", {c.q_dim(), E}, &L.wq, nullptr);
+        fn(p + "attn_k", {c.kv_dim(), E}, &L.wk, nullptr);
+        fn(p + "attn_v", {c.kv_dim(), E}, &L.wv, nullptr);
+        fn(p + "attn_output", {E, c.q_dim()}, &L.wo, nullptr);
+        fn(p + "ffn_norm", {E}, nullptr, &L.ffn_norm);
+        fn(p + "ffn_gate", {c.n_ff, E}, &L.w_gate, nullptr);
+        fn(p + "ffn_up", {c.n_ff, E}, &L.w_up, nullptr);
+        fn(p + "ffn_down", {E, c.n_ff}, &L.w_down, nullptr);
+    }
+}
+
+std::vector<TensorSpec> tensor_specs(const Config& c) {
+    Weights w;
+    w.layers.resize(size_t(c.n_layer));
+    std::vector<TensorSpec> out;
+    for_each_tensor(c, w, [&](std::string name, std::vector<int64_t> shape, Matrix* m, std::vector<float>*) {
+        out.push_back({std::move(name), std::move(shape), m ? TensorKind::Matrix : TensorKind::Vector});
+    });
+    return out;
+}
+
 Engine::Engine(Config cfg, int64_t n_ctx, int64_t n_seq, WType kv_type, int n_threads)
     : cfg_(std::move(cfg)), k_(&active_kernels()), n_threads_(1) {
     cfg_.validate();
@@ -56,48 +89,35 @@ Engine::Engine(Config cfg, int64_t n_ctx, int64_t n_seq, WType kv_type, int n_th
     // aligned_alloc does not touch the pages: RSS grows only with the positions actually written.
     kv_.k.resize(size_t(kbytes));
     kv_.v.resize(size_t(vbytes));
+    for_each_tensor(cfg_, w_, [&](std::string name, std::vector<int64_t> shape, Matrix* m, std::vector<float>* v) {
+        slot_index_[name] = slots_.size();
+        TensorSlot s;
+        s.spec = {std::move(name), std::move(shape), m ? TensorKind::Matrix : TensorKind::Vector};
+        s.matrix = m;
+        s.vector = v;
+        slots_.push_back(std::move(s));
+    });
+}
+
+const Engine::TensorSlot* Engine::slot(const std::string& name) const {
+    const auto it = slot_index_.find(name);
+    return it == slot_index_.end() ? nullptr : &slots_[it->second];
+}
+
+std::vector<TensorSpec> Engine::tensor_specs() const {
+    std::vector<TensorSpec> out;
+    for (const TensorSlot& s : slots_) out.push_back(s.spec);
+    return out;
+}
+
+const TensorSpec* Engine::spec(const std::string& name) const {
+    const TensorSlot* s = slot(name);
+    return s ? &s->spec : nullptr;
 }
 
 void Engine::set_threads(int n) {
     L32_CHECK(n >= 1 && n <= 1024, "threads must be in [1, 1024]");
     n_threads_ = n;
-}
-
-Matrix* Engine::find_matrix(const std::string& name, int64_t& rows, int64_t& cols) {
-    const Config& c = cfg_;
-    if (name == "tok_embd") { rows = c.n_vocab; cols = c.n_embd; return &w_.tok_embd; }
-    if (name == "output") { rows = c.n_vocab; cols = c.n_embd; return &w_.output; }
-    if (name.compare(0, 4, "blk.") != 0) return nullptr;
-    const size_t dot = name.find('.', 4);
-    if (dot == std::string::npos) return nullptr;
-    int64_t i = -1;
-    try { i = std::stoll(name.substr(4, dot - 4)); } catch (...) { return nullptr; }
-    if (i < 0 || i >= c.n_layer || std::to_string(i) != name.substr(4, dot - 4)) return nullptr;
-    Layer& L = w_.layers[size_t(i)];
-    const std::string t = name.substr(dot + 1);
-    if (t == "attn_q") { rows = c.q_dim(); cols = c.n_embd; return &L.wq; }
-    if (t == "attn_k") { rows = c.kv_dim(); cols = c.n_embd; return &L.wk; }
-    if (t == "attn_v") { rows = c.kv_dim(); cols = c.n_embd; return &L.wv; }
-    if (t == "attn_output") { rows = c.n_embd; cols = c.q_dim(); return &L.wo; }
-    if (t == "ffn_gate") { rows = c.n_ff; cols = c.n_embd; return &L.w_gate; }
-    if (t == "ffn_up") { rows = c.n_ff; cols = c.n_embd; return &L.w_up; }
-    if (t == "ffn_down") { rows = c.n_embd; cols = c.n_ff; return &L.w_down; }
-    return nullptr;
-}
-
-std::vector<float>* Engine::find_vector(const std::string& name, int64_t& n) {
-    n = cfg_.n_embd;
-    if (name == "output_norm") return &w_.output_norm;
-    if (name.compare(0, 4, "blk.") != 0) return nullptr;
-    const size_t dot = name.find('.', 4);
-    if (dot == std::string::npos) return nullptr;
-    int64_t i = -1;
-    try { i = std::stoll(name.substr(4, dot - 4)); } catch (...) { return nullptr; }
-    if (i < 0 || i >= cfg_.n_layer || std::to_string(i) != name.substr(4, dot - 4)) return nullptr;
-    const std::string t = name.substr(dot + 1);
-    if (t == "attn_norm") return &w_.layers[size_t(i)].attn_norm;
-    if (t == "ffn_norm") return &w_.layers[size_t(i)].ffn_norm;
-    return nullptr;
 }
 
 // One source row (any format) as f32.
@@ -181,59 +201,52 @@ void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void
 void Engine::set_tensor(const std::string& name, WType src, const void* data, const std::vector<int64_t>& shape,
                         WType target) {
     L32_CHECK(!ready_, "tensors cannot be changed after finalize()");
-    int64_t rows = 0, cols = 0, n = 0;
-    if (std::vector<float>* vec = find_vector(name, n)) {
-        L32_CHECK(shape.size() == 1 && shape[0] == n,
-                  "tensor " + name + ": expected shape [" + std::to_string(n) + "]");
+    const auto it = slot_index_.find(name);
+    L32_CHECK(it != slot_index_.end(), "unknown tensor name '" + name + "'");
+    TensorSlot& s = slots_[it->second];
+    const std::vector<int64_t>& want = s.spec.shape;
+    if (s.vector) {
+        const int64_t n = want[0];
+        L32_CHECK(shape == want, "tensor " + name + ": expected shape [" + std::to_string(n) + "]");
         L32_CHECK(src == WType::F32 || src == WType::F16 || src == WType::BF16,
                   "tensor " + name + ": a norm weight must be f32, f16 or bf16");
-        vec->assign(size_t(n), 0.0f);
-        source_row_f32(src, data, 0, n, vec->data());
-        set_[name] = true;
+        s.vector->assign(size_t(n), 0.0f);
+        source_row_f32(src, data, 0, n, s.vector->data());
+        s.set = true;
         return;
     }
-    Matrix* m = find_matrix(name, rows, cols);
-    L32_CHECK(m != nullptr, "unknown tensor name '" + name + "'");
-    L32_CHECK(shape.size() == 2 && shape[0] == rows && shape[1] == cols,
+    const int64_t rows = want[0], cols = want[1];
+    L32_CHECK(shape == want,
               "tensor " + name + ": expected shape [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
     try {
-        convert_matrix(*m, rows, cols, src, data, target, n_threads_);
+        convert_matrix(*s.matrix, rows, cols, src, data, target, n_threads_);
     } catch (const Error& e) {
         throw Error("tensor " + name + ": " + e.what());
     }
-    set_[name] = true;
+    s.set = true;
 }
 
 void Engine::finalize() {
-    std::vector<std::string> need = {"tok_embd", "output_norm"};
-    if (!cfg_.tie_word_embeddings) need.push_back("output");
-    static const char* per_layer[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                                      "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down"};
-    for (int64_t i = 0; i < cfg_.n_layer; ++i)
-        for (const char* t : per_layer) need.push_back("blk." + std::to_string(i) + "." + t);
-    for (const auto& name : need) L32_CHECK(set_.count(name), "missing tensor '" + name + "'");
+    for (const TensorSlot& s : slots_) L32_CHECK(s.set, "missing tensor '" + s.spec.name + "'");
     ready_ = true;
 }
 
 const Matrix& Engine::matrix(const std::string& name) const {
-    int64_t r, c;
-    Matrix* m = const_cast<Engine*>(this)->find_matrix(name, r, c);
-    L32_CHECK(m && set_.count(name), "no matrix named '" + name + "'");
-    return *m;
+    const TensorSlot* s = slot(name);
+    L32_CHECK(s && s->matrix && s->set, "no matrix named '" + name + "'");
+    return *s->matrix;
 }
 
 const std::vector<float>& Engine::vector(const std::string& name) const {
-    int64_t n;
-    std::vector<float>* v = const_cast<Engine*>(this)->find_vector(name, n);
-    L32_CHECK(v && set_.count(name), "no vector named '" + name + "'");
-    return *v;
+    const TensorSlot* s = slot(name);
+    L32_CHECK(s && s->vector && s->set, "no vector named '" + name + "'");
+    return *s->vector;
 }
 
 size_t Engine::weight_bytes() const {
-    size_t total = w_.tok_embd.data.bytes + w_.tok_embd.scales.bytes + w_.output.data.bytes + w_.output.scales.bytes;
-    for (const Layer& L : w_.layers)
-        for (const Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-            total += m->data.bytes + m->scales.bytes;
+    size_t total = 0;
+    for (const TensorSlot& s : slots_)
+        if (s.matrix) total += s.matrix->data.bytes + s.matrix->scales.bytes;
     return total;
 }
 

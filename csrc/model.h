@@ -44,6 +44,17 @@ struct Weights {
     std::vector<Layer> layers;
 };
 
+// The tensor schema: every tensor of a model of config c by its GGUF name (tok_embd, output_norm, output when the
+// embeddings are untied, then blk.N.attn_norm, blk.N.attn_q, ..., blk.N.ffn_down), in GGUF's order. model.cpp writes
+// the list once; set_tensor(), finalize(), matrix()/vector() and the binding's tensor_specs() all read it.
+enum class TensorKind { Matrix, Vector };
+struct TensorSpec {
+    std::string name;
+    std::vector<int64_t> shape;  // [rows, cols] (PyTorch [out, in]) for a matrix, [n] for a vector (kept in f32)
+    TensorKind kind = TensorKind::Matrix;
+};
+std::vector<TensorSpec> tensor_specs(const Config& c);  // c must be valid (Config::validate)
+
 // Keys (after RoPE) and values: one stream per (layer, sequence, KV head) in the KVLayout of ops.h, room for
 // n_ctx positions rounded up to whole K tiles.
 struct KVCache {
@@ -79,7 +90,7 @@ public:
     // (plain ggml blocks); target: the in-memory type (matrices only; vectors are kept in f32).
     void set_tensor(const std::string& name, WType src_type, const void* data, const std::vector<int64_t>& shape,
                     WType target);
-    // Checks that every tensor is present; after this, forward may run.
+    // Checks that every tensor of the schema is present; after this, forward may run.
     void finalize();
 
     // One batched pass: row i is token tokens[i] at position pos[i] of sequence seq[i]. Writes K/V of every row
@@ -92,11 +103,13 @@ public:
 
     const Config& config() const { return cfg_; }
     int64_t n_ctx() const { return kv_.n_ctx; }
-    int64_t n_seq() const { return kv_.n_seq; }
     int n_threads() const { return n_threads_; }
     void set_threads(int n);
     const KernelTable& kernels() const { return *k_; }
-    // The in-memory matrix behind a tensor name (for saving and inspection).
+    // The schema of this engine's model (tensor_specs(config())); spec(name) is nullptr for a name not in it.
+    std::vector<TensorSpec> tensor_specs() const;
+    const TensorSpec* spec(const std::string& name) const;
+    // The in-memory matrix / vector behind a tensor name that has been set (for saving and inspection).
     const Matrix& matrix(const std::string& name) const;
     const std::vector<float>& vector(const std::string& name) const;
     size_t weight_bytes() const;
@@ -104,8 +117,14 @@ public:
     std::mutex& mutex() { return mu_; }
 
 private:
-    Matrix* find_matrix(const std::string& name, int64_t& rows, int64_t& cols);
-    std::vector<float>* find_vector(const std::string& name, int64_t& n);
+    // One tensor of the schema and where it lives in w_ (exactly one of matrix / vector is set).
+    struct TensorSlot {
+        TensorSpec spec;
+        Matrix* matrix = nullptr;
+        std::vector<float>* vector = nullptr;
+        bool set = false;
+    };
+    const TensorSlot* slot(const std::string& name) const;  // nullptr for a name not in the schema
     void attention(int64_t layer, const int32_t* pos, const int32_t* seq, int64_t n);
 
     Config cfg_;
@@ -114,7 +133,8 @@ private:
     RunState st_;
     const KernelTable* k_;
     int n_threads_;
-    std::map<std::string, bool> set_;
+    std::vector<TensorSlot> slots_;
+    std::map<std::string, size_t> slot_index_;
     bool ready_ = false;
     std::mutex mu_;
 };

@@ -1,8 +1,10 @@
 // neon_check.cpp — differential test of every NEON kernel against the scalar table on random data.
-// Build (cross): aarch64-linux-gnu-g++ -O2 -std=c++17 -march=armv8.2-a+dotprod+fp16 -Icsrc
-//   scripts/neon_check.cpp csrc/kernels/neon.cpp csrc/kernels/scalar.cpp csrc/formats.cpp -o neon_check
+// Build (cross): aarch64-linux-gnu-g++ -O2 -std=c++17 -Icsrc scripts/neon_check.cpp csrc/dispatch.cpp
+//   csrc/cpu_features.cpp csrc/formats.cpp csrc/kernels/scalar.cpp csrc/kernels/neon.cpp -o neon_check
+//   with -march=armv8.2-a+dotprod+fp16 on neon.cpp alone, as CMakeLists.txt does (scripts/qemu_isa.sh --neon).
 // Run: qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu ./neon_check   (scripts/qemu_isa.sh does both)
-// Exit status 0 when every case is within tolerance (quantize_act and f32_to_f16 must be bit-exact).
+// The tables come through dispatch.cpp's kernel_table(), which checks the CPU features and that every required
+// entry is set. Exit status 0 when every case is within tolerance (quantize_act and f32_to_f16 bit-exact).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +13,8 @@
 #include <random>
 #include <vector>
 
+#include "common.h"
+#include "dispatch.h"
 #include "formats.h"
 #include "kernels.h"
 
@@ -56,8 +60,8 @@ struct Acts {  // nt activation rows, float and int8-quantized (by the scalar qu
     int64_t n;
     std::vector<float> f, d, s;
     std::vector<int8_t> q;
-    ActRows float_rows() const { return {f.data(), nullptr, nullptr, n, 0}; }
-    ActRows quant_rows() const { return {q.data(), d.data(), s.data(), n, n / 32}; }
+    ActRows float_rows() const { return ActRows::floats(f.data(), n); }
+    ActRows quant_rows() const { return ActRows::quants(q.data(), d.data(), s.data(), n, n / 32); }
 };
 
 Acts make_acts(int64_t n, int nt) {
@@ -203,8 +207,27 @@ void check_f16(const KernelTable& k, int64_t n) {
 }  // namespace
 
 int main() {
-    const KernelTable& k = neon::table;
+    const KernelTable* table = nullptr;
+    try {
+        table = &kernel_table("neon");
+        kernel_table("scalar");
+    } catch (const Error& e) {
+        std::printf("FAIL kernel_table: %s\n", e.what());
+        return 1;
+    }
+    const KernelTable& k = *table;
     std::printf("kernel table: %s vs %s\n", k.name, scalar::table.name);
+    {  // the completeness check behind kernel_table(): a required entry left unset is named, an optional one is not
+        KernelTable broken = k;
+        broken.attn_block = nullptr;
+        broken.gemm_f32 = nullptr;
+        const std::vector<const char*> missing = missing_kernels(broken);
+        ++checks;
+        if (!missing_kernels(k).empty() || missing.size() != 1 || std::strcmp(missing[0], "attn_block") != 0) {
+            ++failures;
+            std::printf("FAIL missing_kernels\n");
+        }
+    }
     for (int rep = 0; rep < 3; ++rep) {  // each case 3x: a fault of one execution still shows
         for (int64_t n : {1, 7, 15, 16, 17, 63, 64, 65, 1000, 4097})
             for (int nt = 1; nt <= MAX_NT; ++nt) check_float_dots(k, n, nt);

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llama32_native import _core
+from llama32_native._core import testing as kernels
 from llama32_native.quant import dequantize, quantize_q4_0, quantize_q8_0
 
 # (rows, cols, tokens); quantized weights live in 16-row panels, 8 tokens per kernel call: 33/65/7 rows leave
@@ -28,7 +28,7 @@ def _acts_f64(isa: str, x: np.ndarray) -> np.ndarray:
     """The int8 activation blocks the kernels multiply, dequantized in float64."""
     out = []
     for row in x:
-        q, d, _ = _core.kernel_quantize_act(isa, row)
+        q, d, _ = kernels.kernel_quantize_act(isa, row)
         out.append(q.reshape(-1, 32).astype(np.float64) * d.astype(np.float64)[:, None])
     return np.stack([o.reshape(-1) for o in out])
 
@@ -39,7 +39,7 @@ def test_matmul_against_numpy_f64(isa, wtype, rows, cols, T):
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     x = rng.standard_normal((T, cols)).astype(np.float32)
     for _ in range(3):  # re-execution: the same result every time
-        y = _core.kernel_matmul(isa, "f32", w, rows, cols, wtype, x)
+        y = kernels.kernel_matmul(isa, "f32", w, rows, cols, wtype, x)
         if wtype == "f32":
             ref = x.astype(np.float64) @ w.T.astype(np.float64)
             assert nmse(y, ref) < 1e-10
@@ -62,8 +62,8 @@ def test_matmul_isa_equals_scalar(isa, wtype, rows, cols, T):
     rng = np.random.default_rng(7 + rows + cols)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
     x = rng.standard_normal((T, cols)).astype(np.float32)
-    y = _core.kernel_matmul(isa, "f32", w, rows, cols, wtype, x)
-    ref = _core.kernel_matmul("scalar", "f32", w, rows, cols, wtype, x)
+    y = kernels.kernel_matmul(isa, "f32", w, rows, cols, wtype, x)
+    ref = kernels.kernel_matmul("scalar", "f32", w, rows, cols, wtype, x)
     assert nmse(y, ref) < 1e-10
 
 
@@ -75,7 +75,7 @@ def test_weight_quantizers_bit_exact_with_numpy(kind):
     x[1, :32] = np.arange(32, dtype=np.float32) - 16.0  # exact halves under the scale
     x[2, 5] = -x[2, :32].__abs__().max() * 2  # a negative extreme
     ref = quantize_q8_0(x) if kind == "q8_0" else quantize_q4_0(x)
-    got = _core.quantize(kind, x)
+    got = kernels.quantize(kind, x)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -86,8 +86,8 @@ def test_plain_blocks_survive_the_engine_layout(kind):
     w = rng.standard_normal((20, 128)).astype(np.float32)
     x = rng.standard_normal((2, 128)).astype(np.float32)
     blocks = quantize_q8_0(w) if kind == "q8_0" else quantize_q4_0(w)
-    a = _core.kernel_matmul("scalar", kind, blocks, 20, 128, kind, x)
-    b = _core.kernel_matmul("scalar", "f32", w, 20, 128, kind, x)
+    a = kernels.kernel_matmul("scalar", kind, blocks, 20, 128, kind, x)
+    b = kernels.kernel_matmul("scalar", "f32", w, 20, 128, kind, x)
     np.testing.assert_array_equal(a, b)
 
 
@@ -96,8 +96,8 @@ def test_activation_quantizer_bit_exact_across_isas(isa, n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * rng.uniform(0.001, 100)).astype(np.float32)
     x[:32] = 0.0
-    q, d, s = _core.kernel_quantize_act(isa, x)
-    q0, d0, s0 = _core.kernel_quantize_act("scalar", x)
+    q, d, s = kernels.kernel_quantize_act(isa, x)
+    q0, d0, s0 = kernels.kernel_quantize_act("scalar", x)
     np.testing.assert_array_equal(q, q0)
     np.testing.assert_array_equal(d, d0)
     np.testing.assert_array_equal(s, s0)
@@ -113,13 +113,13 @@ def test_silu_mul_against_numpy_f64(isa, n):
     g = (rng.standard_normal(n) * 8).astype(np.float32)
     u = rng.standard_normal(n).astype(np.float32)
     g[:4] = np.array([0.0, -0.0, 100.0, -100.0], np.float32)[: min(4, n)]
-    h = _core.kernel_silu_mul(isa, g, u)
+    h = kernels.kernel_silu_mul(isa, g, u)
     g64 = g.astype(np.float64)
     ref = g64 / (1.0 + np.exp(-g64)) * u
     np.testing.assert_allclose(h, ref, rtol=2e-6, atol=1e-30)
     if n > 1:  # a NaN gate stays NaN, the other lanes are untouched
         g[1] = np.nan
-        h = _core.kernel_silu_mul(isa, g, u)
+        h = kernels.kernel_silu_mul(isa, g, u)
         assert np.isnan(h[1]) and np.isfinite(np.delete(h, 1)).all()
 
 
@@ -157,23 +157,23 @@ def test_attend(isa, kv, nq, hd, L):
     # causal limits as in a prompt tile, plus the first and last key
     limit = np.clip(L - np.arange(nq)[::-1] * 37, 1, L).astype(np.int32)
     limit[0] = 1
-    out = _core.kernel_attend(isa, kv, q, limit, keys, values)
+    out = kernels.kernel_attend(isa, kv, q, limit, keys, values)
     ref = _attention_f64(q.astype(np.float64), limit, _stored_f64(keys, kv), _stored_f64(values, kv))
     assert np.isfinite(out).all()  # slots past the last key hold NaN patterns; none may leak
     np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
     if isa != "scalar":
-        np.testing.assert_allclose(out, _core.kernel_attend("scalar", kv, q, limit, keys, values), rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(out, kernels.kernel_attend("scalar", kv, q, limit, keys, values), rtol=2e-5, atol=2e-5)
 
 
 def test_attend_rejects_bad_input():
     q = np.zeros((2, 64), np.float32)
     kv = np.zeros((4, 64), np.float32)
     with pytest.raises(ValueError, match="limit out of range"):
-        _core.kernel_attend("scalar", "f16", q, np.array([0, 4], np.int32), kv, kv)
+        kernels.kernel_attend("scalar", "f16", q, np.array([0, 4], np.int32), kv, kv)
     with pytest.raises(ValueError, match="kv_type"):
-        _core.kernel_attend("scalar", "q4_0", q, np.array([1, 4], np.int32), kv, kv)
+        kernels.kernel_attend("scalar", "q4_0", q, np.array([1, 4], np.int32), kv, kv)
 
 
 def test_forcing_an_unknown_isa_is_an_error():
     with pytest.raises(ValueError, match="unknown ISA"):
-        _core.kernel_quantize_act("sse9", np.zeros(32, np.float32))
+        kernels.kernel_quantize_act("sse9", np.zeros(32, np.float32))

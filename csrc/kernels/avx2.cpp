@@ -4,10 +4,9 @@
 
 #include <cstring>
 
-#include "../common.h"
-#include "../kernels.h"
 #include "attention_tile.h"
 #include "elementwise.h"
+#include "shared.h"
 
 namespace l32 {
 namespace avx2 {
@@ -23,7 +22,7 @@ template <int NT>
 static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = _mm256_setzero_ps(); }
+    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = _mm256_setzero_ps(); }
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 wv = _mm256_loadu_ps(w + i);
@@ -40,7 +39,7 @@ template <int NT>
 static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = _mm256_setzero_ps(); }
+    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = _mm256_setzero_ps(); }
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256i wi = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
@@ -65,7 +64,7 @@ constexpr int64_t PREFETCH_BYTES = 1024;  // the weight stream, as in avx512.cpp
 template <int NT, bool Q4>
 static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
                       int64_t ldy) {
-    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    constexpr int64_t BLOCK = panel_block_bytes(Q4);
     const __m256i low4 = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8(char(0x80)), ones = _mm256_set1_epi16(1);
     const auto bcast = [](const int8_t* p) {
         int32_t v;
@@ -87,7 +86,7 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
                     const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + c * 64));
                     const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                     for (int t = 0; t < NT; ++t) {
-                        const int8_t* xb = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * QK;
+                        const int8_t* xb = x.q_row(t) + b * QK;
                         s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(xb + 4 * c)),
                                                                            _mm256_maddubs_epi16(hi, bcast(xb + 16 + 4 * c))));
                     }
@@ -99,7 +98,7 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
                     const __m256i w = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(pb + g * 64)), flip);
                     const __m256i wabs = _mm256_sign_epi8(w, w);
                     for (int t = 0; t < NT; ++t) {
-                        const int8_t* xb = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * QK;
+                        const int8_t* xb = x.q_row(t) + b * QK;
                         const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(bcast(xb + 4 * g), w));
                         dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
                     }
@@ -107,8 +106,8 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
             }
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * PANEL_ROWS + 8 * h)));
             for (int t = 0; t < NT; ++t) {
-                const __m256 xd = _mm256_set1_ps(x.d[t * x.b_stride + b]);
-                const __m256 v = Q4 ? _mm256_fmsub_ps(_mm256_cvtepi32_ps(dot[t]), xd, _mm256_set1_ps(8.0f * x.s[t * x.b_stride + b]))
+                const __m256 xd = _mm256_set1_ps(x.d_row(t)[b]);
+                const __m256 v = Q4 ? _mm256_fmsub_ps(_mm256_cvtepi32_ps(dot[t]), xd, _mm256_set1_ps(8.0f * x.s_row(t)[b]))
                                     : _mm256_mul_ps(_mm256_cvtepi32_ps(dot[t]), xd);
                 acc[t] = _mm256_fmadd_ps(dw, v, acc[t]);
             }
@@ -119,35 +118,14 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     }
 }
 
-template <bool Q4>
-static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                   float* y, int64_t ldy) {
-    constexpr int64_t BLOCK = Q4 ? 256 : 512;
-    for (int p = 0; p * PANEL_ROWS < rows; ++p) {  // one panel at a time
-        const int pr = rows - p * PANEL_ROWS < PANEL_ROWS ? rows - p * PANEL_ROWS : PANEL_ROWS;
-        const uint8_t* pc = codes + p * nb * BLOCK;
-        const uint16_t* ps = scales + p * nb * PANEL_ROWS;
-        for (int t0 = 0; t0 < nt; t0 += 4) {  // 4 rows at a time: 2 x NT accumulators + codes fit the 16 ymm registers
-            const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride,
-                             x.s + t0 * x.b_stride, x.q_stride, x.b_stride};
-            float* yt = y + t0 * ldy + p * PANEL_ROWS;
-            switch (nt - t0) {
-                case 1: gemm_q_nt<1, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-                case 2: gemm_q_nt<2, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-                case 3: gemm_q_nt<3, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-                default: gemm_q_nt<4, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-            }
-        }
+// gemm_q_nt as kernels/shared.h's panel loop calls it
+struct Panel {
+    template <int NT, bool Q4>
+    static void run(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                    int64_t ldy) {
+        gemm_q_nt<NT, Q4>(nb, codes, scales, x, rows, y, ldy);
     }
-}
-
-#define L32_DISPATCH_NT(fn, ...)              \
-    switch (nt) {                             \
-        case 1: fn<1>(__VA_ARGS__); break;    \
-        case 2: fn<2>(__VA_ARGS__); break;    \
-        case 3: fn<3>(__VA_ARGS__); break;    \
-        default: fn<4>(__VA_ARGS__); break;   \
-    }
+};
 
 static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_f32_nt, n, w, x, out, os)
@@ -204,10 +182,24 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (; i < n; ++i) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-extern const KernelTable table = {
-    "avx2", dot_f32, dot_bf16, gemm_q<false>, gemm_q<true>, nullptr, nullptr,
-    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16, silu_mul_body,
-};
+// The table, filled by field name (kernels.h: every entry required but gemm_f32/gemm_bf16).
+static constexpr KernelTable make_table() {
+    KernelTable t;
+    t.name = "avx2";
+    t.dot_f32 = dot_f32;
+    t.dot_bf16 = dot_bf16;
+    t.gemm_q8_0 = gemm_q_by_panel<Panel, false>;
+    t.gemm_q4_0 = gemm_q_by_panel<Panel, true>;
+    // gemm_f32, gemm_bf16 stay nullptr: matmul uses the dot kernels
+    t.kv_to_f32 = kv_to_f32_body<f16_row>;
+    t.attn_block = attn_block_body;
+    t.quantize_act = quantize_act;
+    t.f32_to_f16 = to_f16;
+    t.silu_mul = silu_mul_body;
+    return t;
+}
+
+constexpr KernelTable table = make_table();  // built at compile time; external linkage from kernels.h
 
 }  // namespace avx2
 }  // namespace l32

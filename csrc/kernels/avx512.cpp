@@ -5,10 +5,8 @@
 
 #include <cstring>
 
-#include "../common.h"
-#include "../formats.h"
-#include "../kernels.h"
 #include "attention_tile.h"
+#include "shared.h"
 
 namespace l32 {
 namespace avx512 {
@@ -19,7 +17,7 @@ template <int NT>
 static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     __m512 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = _mm512_setzero_ps(); }
+    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = _mm512_setzero_ps(); }
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
         const __m512 wv = _mm512_maskz_loadu_ps(m, w + i);
@@ -39,7 +37,7 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
     const float* xr[NT];
     __m512 acc0[NT], acc1[NT];
     for (int t = 0; t < NT; ++t) {
-        xr[t] = static_cast<const float*>(x.q) + t * x.q_stride;
+        xr[t] = x.f_row(t);
         acc0[t] = _mm512_setzero_ps();
         acc1[t] = _mm512_setzero_ps();
     }
@@ -71,7 +69,7 @@ static void gemm_float(int64_t n, const void* w, int64_t wstride, int rows, cons
                        int64_t ldy) {
     constexpr int R = FGEMM_ROWS, NT = FGEMM_NT;
     const float* xr[NT];
-    for (int t = 0; t < NT; ++t) xr[t] = static_cast<const float*>(x.q) + (t < nt ? t : nt - 1) * x.q_stride;
+    for (int t = 0; t < NT; ++t) xr[t] = x.f_row(t < nt ? t : nt - 1);
     const uint16_t* wb[R];
     const float* wf[R];
     for (int r = 0; r < R; ++r) {
@@ -143,7 +141,7 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
 template <int NP, int NT, bool Q4>
 static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
                       int64_t ldy) {
-    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    constexpr int64_t BLOCK = panel_block_bytes(Q4);
     constexpr float OFFSET = Q4 ? 8.0f : 128.0f;
     constexpr int CH = NT >= 4 ? 1 : 2;
     const int8_t* xq[NT];
@@ -151,9 +149,9 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     const float* xs[NT];
     __m512 acc[NP][NT];
     for (int t = 0; t < NT; ++t) {
-        xq[t] = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-        xd[t] = x.d + t * x.b_stride;
-        xs[t] = x.s + t * x.b_stride;
+        xq[t] = x.q_row(t);
+        xd[t] = x.d_row(t);
+        xs[t] = x.s_row(t);
         for (int p = 0; p < NP; ++p) acc[p][t] = _mm512_setzero_ps();
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -216,11 +214,10 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
 template <bool Q4>
 static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                    float* y, int64_t ldy) {
-    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    constexpr int64_t BLOCK = panel_block_bytes(Q4);
     const int tile = rows > PANEL_ROWS ? 4 : 8;
     for (int t0 = 0; t0 < nt; t0 += tile) {
-        const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride, x.s + t0 * x.b_stride,
-                         x.q_stride, x.b_stride};
+        const ActRows xt = x.from(t0);
         float* yt = y + t0 * ldy;
         const int n = nt - t0 < tile ? nt - t0 : tile;
         if (n == 4 && rows > PANEL_ROWS) {
@@ -245,14 +242,6 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
         }
     }
 }
-
-#define L32_DISPATCH_NT(fn, ...)              \
-    switch (nt) {                             \
-        case 1: fn<1>(__VA_ARGS__); break;    \
-        case 2: fn<2>(__VA_ARGS__); break;    \
-        case 3: fn<3>(__VA_ARGS__); break;    \
-        default: fn<4>(__VA_ARGS__); break;   \
-    }
 
 static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_f32_nt, n, w, x, out, os)
@@ -413,10 +402,25 @@ static void silu_mul(int64_t n, const float* g, const float* u, float* h) {
     }
 }
 
-extern const KernelTable table = {
-    "avx512", dot_f32, dot_bf16, gemm_q<false>, gemm_q<true>, gemm_f32, gemm_bf16,
-    kv_to_f32_body<f16_row>, attn_block, quantize_act, to_f16, silu_mul,
-};
+// The table, filled by field name (kernels.h: every entry required but gemm_f32/gemm_bf16).
+static constexpr KernelTable make_table() {
+    KernelTable t;
+    t.name = "avx512";
+    t.dot_f32 = dot_f32;
+    t.dot_bf16 = dot_bf16;
+    t.gemm_q8_0 = gemm_q<false>;
+    t.gemm_q4_0 = gemm_q<true>;
+    t.gemm_f32 = gemm_f32;
+    t.gemm_bf16 = gemm_bf16;
+    t.kv_to_f32 = kv_to_f32_body<f16_row>;
+    t.attn_block = attn_block;
+    t.quantize_act = quantize_act;
+    t.f32_to_f16 = to_f16;
+    t.silu_mul = silu_mul;
+    return t;
+}
+
+constexpr KernelTable table = make_table();  // built at compile time; external linkage from kernels.h
 
 }  // namespace avx512
 }  // namespace l32

@@ -5,10 +5,9 @@
 
 #include <type_traits>
 
-#include "../common.h"
-#include "../kernels.h"
 #include "attention_tile.h"
 #include "elementwise.h"
+#include "shared.h"
 
 namespace l32 {
 namespace neon {
@@ -17,7 +16,7 @@ template <int NT>
 static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     float32x4_t acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = vdupq_n_f32(0.0f); }
+    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = vdupq_n_f32(0.0f); }
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
         const float32x4_t wv = vld1q_f32(w + i);
@@ -34,7 +33,7 @@ template <int NT>
 static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     float32x4_t acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = static_cast<const float*>(x.q) + t * x.q_stride; acc[t] = vdupq_n_f32(0.0f); }
+    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = vdupq_n_f32(0.0f); }
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
         const float32x4_t wv = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(w + i), 16));  // bf16 -> f32
@@ -54,7 +53,7 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
 template <int NT, bool Q4>
 static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
                       int64_t ldy) {
-    constexpr int64_t BLOCK = Q4 ? 256 : 512;
+    constexpr int64_t BLOCK = panel_block_bytes(Q4);
     const uint8x16_t low4 = vdupq_n_u8(0x0f), flip = vdupq_n_u8(0x80);
     for (int h = 0; h < 2 && 8 * h < rows; ++h) {
         float32x4_t acc[2][NT];
@@ -66,7 +65,7 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
                 for (int64_t l = 0; l < BLOCK; l += 64) __builtin_prefetch(pb + 1024 + l);
             int8x16_t x0[NT], x1[NT];  // the block's activations: groups 0-3 and 4-7, one per 32-bit lane
             for (int t = 0; t < NT; ++t) {
-                const int8_t* xb = static_cast<const int8_t*>(x.q) + t * x.q_stride + b * QK;
+                const int8_t* xb = x.q_row(t) + b * QK;
                 x0[t] = vld1q_s8(xb);
                 x1[t] = vld1q_s8(xb + 16);
             }
@@ -99,8 +98,8 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
             for (int j = 0; j < 2; ++j) {
                 const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(scales + b * PANEL_ROWS + 8 * h + 4 * j)));
                 for (int t = 0; t < NT; ++t) {
-                    float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), x.d[t * x.b_stride + b]);
-                    if (Q4) v = vsubq_f32(v, vdupq_n_f32(8.0f * x.s[t * x.b_stride + b]));
+                    float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), x.d_row(t)[b]);
+                    if (Q4) v = vsubq_f32(v, vdupq_n_f32(8.0f * x.s_row(t)[b]));
                     acc[j][t] = vfmaq_f32(acc[j][t], dw, v);
                 }
             }
@@ -115,35 +114,14 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     }
 }
 
-template <bool Q4>
-static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
-                   float* y, int64_t ldy) {
-    constexpr int64_t BLOCK = Q4 ? 256 : 512;
-    for (int p = 0; p * PANEL_ROWS < rows; ++p) {  // one panel at a time
-        const int pr = rows - p * PANEL_ROWS < PANEL_ROWS ? rows - p * PANEL_ROWS : PANEL_ROWS;
-        const uint8_t* pc = codes + p * nb * BLOCK;
-        const uint16_t* ps = scales + p * nb * PANEL_ROWS;
-        for (int t0 = 0; t0 < nt; t0 += 4) {
-            const ActRows xt{static_cast<const int8_t*>(x.q) + t0 * x.q_stride, x.d + t0 * x.b_stride,
-                             x.s + t0 * x.b_stride, x.q_stride, x.b_stride};
-            float* yt = y + t0 * ldy + p * PANEL_ROWS;
-            switch (nt - t0) {
-                case 1: gemm_q_nt<1, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-                case 2: gemm_q_nt<2, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-                case 3: gemm_q_nt<3, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-                default: gemm_q_nt<4, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
-            }
-        }
+// gemm_q_nt as kernels/shared.h's panel loop calls it
+struct Panel {
+    template <int NT, bool Q4>
+    static void run(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                    int64_t ldy) {
+        gemm_q_nt<NT, Q4>(nb, codes, scales, x, rows, y, ldy);
     }
-}
-
-#define L32_DISPATCH_NT(fn, ...)              \
-    switch (nt) {                             \
-        case 1: fn<1>(__VA_ARGS__); break;    \
-        case 2: fn<2>(__VA_ARGS__); break;    \
-        case 3: fn<3>(__VA_ARGS__); break;    \
-        default: fn<4>(__VA_ARGS__); break;   \
-    }
+};
 
 static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_f32_nt, n, w, x, out, os)
@@ -186,10 +164,24 @@ static void to_f16(int64_t n, const float* x, uint16_t* y) {
     for (; i < n; ++i) y[i] = f32_to_f16(x[i]);
 }
 
-extern const KernelTable table = {
-    "neon", dot_f32, dot_bf16, gemm_q<false>, gemm_q<true>, nullptr, nullptr,
-    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16, silu_mul_body,
-};
+// The table, filled by field name (kernels.h: every entry required but gemm_f32/gemm_bf16).
+static constexpr KernelTable make_table() {
+    KernelTable t;
+    t.name = "neon";
+    t.dot_f32 = dot_f32;
+    t.dot_bf16 = dot_bf16;
+    t.gemm_q8_0 = gemm_q_by_panel<Panel, false>;
+    t.gemm_q4_0 = gemm_q_by_panel<Panel, true>;
+    // gemm_f32, gemm_bf16 stay nullptr: matmul uses the dot kernels
+    t.kv_to_f32 = kv_to_f32_body<f16_row>;
+    t.attn_block = attn_block_body;
+    t.quantize_act = quantize_act;
+    t.f32_to_f16 = to_f16;
+    t.silu_mul = silu_mul_body;
+    return t;
+}
+
+constexpr KernelTable table = make_table();  // built at compile time; external linkage from kernels.h
 
 }  // namespace neon
 }  // namespace l32

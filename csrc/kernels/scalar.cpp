@@ -13,7 +13,7 @@ namespace scalar {
 
 static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
     for (int t = 0; t < nt; ++t) {
-        const float* xr = static_cast<const float*>(x.q) + t * x.q_stride;
+        const float* xr = x.f_row(t);
         float acc = 0.0f;
         for (int64_t i = 0; i < n; ++i) acc += w[i] * xr[i];
         out[t * os] = acc;
@@ -22,7 +22,7 @@ static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* 
 
 static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
     for (int t = 0; t < nt; ++t) {
-        const float* xr = static_cast<const float*>(x.q) + t * x.q_stride;
+        const float* xr = x.f_row(t);
         float acc = 0.0f;
         for (int64_t i = 0; i < n; ++i) acc += bf16_to_f32(w[i]) * xr[i];
         out[t * os] = acc;
@@ -32,10 +32,10 @@ static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, flo
 template <bool Q4>
 static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                    float* y, int64_t ldy) {
-    const size_t block_bytes = Q4 ? 256 : 512;
+    const size_t block_bytes = size_t(panel_block_bytes(Q4));
     for (int t = 0; t < nt; ++t) {
-        const int8_t* xq = static_cast<const int8_t*>(x.q) + t * x.q_stride;
-        const float* xd = x.d + t * x.b_stride;
+        const int8_t* xq = x.q_row(t);
+        const float* xd = x.d_row(t);
         for (int r = 0; r < rows; ++r) {
             const int64_t p = r / PANEL_ROWS, rr = r % PANEL_ROWS;  // the panel of row r, its row there
             float acc = 0.0f;
@@ -80,7 +80,7 @@ template <typename W, float (*Widen)(W)>
 static void gemm_float(int64_t n, const W* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
                        int64_t ldy) {
     for (int t = 0; t < nt; ++t) {
-        const float* xr = static_cast<const float*>(x.q) + t * x.q_stride;
+        const float* xr = x.f_row(t);
         for (int r = 0; r < rows; ++r) {
             float acc = 0.0f;
             for (int64_t i = 0; i < n; ++i) acc += Widen(w[r * wstride + i]) * xr[i];
@@ -101,10 +101,25 @@ static void gemm_bf16(int64_t n, const uint16_t* w, int64_t wstride, int rows, c
     gemm_float<uint16_t, bf16_to_f32>(n, w, wstride, rows, x, nt, y, ldy);
 }
 
-extern const KernelTable table = {
-    "scalar", dot_f32, dot_bf16, gemm_q<false>, gemm_q<true>, gemm_f32, gemm_bf16,
-    kv_to_f32_body<f16_row>, attn_block_body, quantize_act, to_f16, silu_mul_body,
-};
+// The table, filled by field name (kernels.h: every entry required but gemm_f32/gemm_bf16).
+static constexpr KernelTable make_table() {
+    KernelTable t;
+    t.name = "scalar";
+    t.dot_f32 = dot_f32;
+    t.dot_bf16 = dot_bf16;
+    t.gemm_q8_0 = gemm_q<false>;
+    t.gemm_q4_0 = gemm_q<true>;
+    t.gemm_f32 = gemm_f32;
+    t.gemm_bf16 = gemm_bf16;
+    t.kv_to_f32 = kv_to_f32_body<f16_row>;
+    t.attn_block = attn_block_body;
+    t.quantize_act = quantize_act;
+    t.f32_to_f16 = to_f16;
+    t.silu_mul = silu_mul_body;
+    return t;
+}
+
+constexpr KernelTable table = make_table();  // built at compile time; external linkage from kernels.h
 
 }  // namespace scalar
 }  // namespace l32
