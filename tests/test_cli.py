@@ -294,12 +294,14 @@ def test_pull_list_rm(tmp_path: Path) -> None:
 def test_bench_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
+    import llama32_native
     from llama32_native import cli
 
     seen = []
     fake = types.ModuleType("llama32_native.bench")
     fake.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "llama32_native.bench", fake)
+    monkeypatch.delattr(llama32_native, "bench", raising=False)  # imported already by another test
     assert cli.main(["bench", "--model", "x", "-n", "3"]) == 0
     assert seen == [["--model", "x", "-n", "3"]]
     monkeypatch.setitem(sys.modules, "llama32_native.bench", None)  # import fails like a missing module
