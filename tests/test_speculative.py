@@ -546,3 +546,56 @@ def test_draft_sessions_go_back_when_generations_end():
     assert draft.free_slots == 2 and target.free_slots == 2
     sampled = gens[1].proposer.inner
     assert sampled._sampler is not None and gens[0].proposer.inner._sampler is None
+
+
+# ----------------------------------------------------------------------------------------------- CLI and server
+
+
+def test_cli_generate_with_prompt_lookup_and_a_draft_model(tmp_path):
+    from test_cli import make_tiny_checkpoint, run_cli
+
+    path = str(make_tiny_checkpoint(tmp_path / "tiny"))
+    prompt = "the cat sat on the mat, the cat sat on the mat, the cat"
+    base = ["generate", path, prompt, "--greedy", "-n", "24", "--quant", "f32", "--stats", "-q"]
+    plain = run_cli(*base)
+    assert plain.returncode == 0, plain.stderr
+    for spec in ("ngram", path):
+        got = run_cli(*base, "--speculative", spec, "--num-speculative-tokens", "4")
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == plain.stdout
+        assert "tokens per forward" in got.stderr
+    bad = run_cli(*base, "--num-speculative-tokens", "4")
+    assert bad.returncode != 0 and "--speculative" in bad.stderr
+
+
+def test_server_speculative_outputs_equal_plain_and_health_reports_acceptance(tmp_path):
+    pytest.importorskip("uvicorn")
+    httpx = pytest.importorskip("httpx")
+    from llama32_native.server import ServerConfig, create_app, start_in_thread
+    from test_cli import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path / "tiny")
+    model = l32.Model.from_pretrained(path, quant="f32", context_length=256, max_sequences=5)
+    draft = l32.Model.from_pretrained(path, quant="q8_0", context_length=256, max_sequences=5)
+    prompts = ["one two three one two three one two", "abc abc abc abc", "hello world"]
+    want = [model.complete(model.prompt_ids(p), do_sample=False, max_new_tokens=20).text for p in prompts]
+    for spec in ("ngram", draft):
+        app = create_app(model, ServerConfig(model_name="tiny", speculative=spec, num_speculative_tokens=4))
+        srv, thread, port = start_in_thread(app)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+                r = c.post("/v1/completions", json={"prompt": prompts, "max_tokens": 20, "temperature": 0})
+                assert r.status_code == 200, r.text
+                got = [ch["text"] for ch in sorted(r.json()["choices"], key=lambda ch: ch["index"])]
+                assert got == want
+                health = c.get("/health").json()["speculative"]
+                assert health["drafts_proposed"] > 0 and 0 <= health["acceptance"] <= 1
+                assert health["tokens_per_forward"] >= 1
+        finally:
+            srv.should_exit = True
+            thread.join(10)
+    assert draft.free_slots == 5
+    with pytest.raises(l32.InvalidArgumentError):
+        ServerConfig(num_speculative_tokens=4)
+    with pytest.raises(l32.InvalidArgumentError):
+        ServerConfig(speculative="medusa")

@@ -8,6 +8,7 @@ usage errors exit 2; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin allowed to call the API (repeatable)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--speculative", default=None, metavar="ngram|MODEL",
+                   help="speculative decoding for every request (same output, fewer forwards): 'ngram' (prompt "
+                        "lookup) or a draft model with the same vocabulary; /health reports acceptance")
+    p.add_argument("--draft-model", default=None, metavar="MODEL", help="the same as --speculative MODEL")
+    p.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                   help="most drafts verified per forward (default: 8; the draft length adapts below it)")
     p.add_argument("--ray", action="store_true",
                    help="serve as a Ray Serve application: join the cluster at $RAY_ADDRESS (or start a local one); "
                         "each replica loads MODEL (pip install 'llama32_native[ray]'; docs/RAY.md)")
@@ -508,12 +515,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin))
     if args.host not in server.LOCAL_HOSTS and not config.api_key:
         _progress(args, f"warning: serving on {args.host} without an API key: anyone who can reach it can use it")
+    if args.draft_model is not None:
+        if args.speculative not in (None, args.draft_model):
+            raise CliError("give --speculative or --draft-model, not both")
+        args.speculative = args.draft_model
     if args.ray:
+        if args.speculative not in (None, "ngram"):
+            raise CliError("with --ray, --speculative takes 'ngram' only (each replica loads its own model)")
+        config = dataclasses.replace(config, speculative=args.speculative,
+                                     num_speculative_tokens=args.num_speculative_tokens)
         return _serve_on_ray(args, config)
     model = _load(args, args.model, max_sequences=args.max_batch + 1)
     try:
         if model.tokenizer is None:
             raise CliError(f"{args.model}: the model has no tokenizer; the server needs one")
+        config = dataclasses.replace(config, **_speculation(args, model))
         _progress(args, f"serving {config.model_name} on http://{args.host}:{args.port} (Ctrl-C to stop)")
         server.serve(model, host=args.host, port=args.port, config=config, log_level=args.log_level)
     finally:

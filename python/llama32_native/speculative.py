@@ -229,8 +229,8 @@ _profiles_lock = threading.Lock()
 
 @dataclasses.dataclass(frozen=True)
 class ForwardProfile:
-    """cost[r]: CPU seconds of one r-row forward (all rows with logits) on this machine, r = 0..max_rows (cost[0]
-    unused; CPU time, not wall time: other processes on a shared machine stretch the one, not the other); exact_rows: the most rows whose forward gives each row bit-identical logits to one-row forwards (a
+    """cost[r]: CPU seconds of one r-row forward (all rows with logits) on one thread of this machine, r = 0..max_rows
+    (cost[0] unused; CPU time, not wall time: other processes on a shared machine stretch the one, not the other); exact_rows: the most rows whose forward gives each row bit-identical logits to one-row forwards (a
     kernel that sums in another order for more rows, as the float GEMM of bf16 weights does, lowers it)."""
 
     cost: np.ndarray
@@ -255,7 +255,11 @@ def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1
         rows = [r for r in _COST_ROWS if r < max_rows] + [max_rows]
         times: dict[int, list[float]] = {r: [] for r in rows}
         exact = dict.fromkeys(rows, True)
+        threads = model.threads
         try:
+            # One thread: its CPU time is the forward's work, with no barrier spinning or waiting for a descheduled
+            # peer; the ratios carry over to any thread count that splits both row counts alike.
+            model.threads = 1
             rng = np.random.default_rng(0)
             ids = [int(t) for t in rng.integers(0, model.config.n_vocab, n_prefix + max_rows)]
             s.truncate(0)
@@ -270,6 +274,7 @@ def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1
                         times[r].append(time.process_time() - t0)
                     exact[r] = exact[r] and bool(np.array_equal(out, single[:r]))
         finally:
+            model.threads = threads
             s.reset()
             s.close()
         best = [max(min(times[r]), 1e-9) for r in rows]

@@ -131,6 +131,11 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
         s = svc.scheduler
         body: dict[str, Any] = {"status": "ok" if s.healthy else "unhealthy", "active": s.active_count,
                                 "queued": s.queue_depth}
+        if cfg.speculative is not None:
+            body["speculative"] = {"drafts_proposed": s.stats.drafts_proposed,
+                                   "drafts_accepted": s.stats.drafts_accepted,
+                                   "acceptance": round(s.stats.acceptance, 4),
+                                   "tokens_per_forward": round(s.stats.tokens_per_forward, 4)}
         if s.error:
             body["error"] = s.error
         return JSONResponse(body, status_code=200 if s.healthy else 503)

@@ -7,6 +7,7 @@ API key is refused, never taken to mean "no authentication".
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ..errors import InvalidArgumentError
 
@@ -35,8 +36,17 @@ class ServerConfig:
     max_connections: int = 512  # open connections past this are closed at once (file descriptors stay bounded)
     allowed_hosts: tuple[str, ...] | None = None  # Host header names; None: local names when bound locally
     cors_origins: tuple[str, ...] = ()
+    speculative: Any = None  # every generation drafts: None, "ngram" (prompt lookup) or a draft Model
+    num_speculative_tokens: int | None = None  # the cap on drafts per forward (None: the library's default)
 
     def __post_init__(self) -> None:
+        if self.speculative is not None or self.num_speculative_tokens is not None:
+            from ..speculative import DEFAULT_SPECULATIVE_TOKENS, check_speculative
+
+            k = self.num_speculative_tokens
+            check_speculative(self.speculative, DEFAULT_SPECULATIVE_TOKENS if k is None else k)
+            if self.speculative is None:
+                raise InvalidArgumentError("ServerConfig.num_speculative_tokens needs ServerConfig.speculative")
         for name in ("max_queue", "max_tokens", "default_max_tokens", "max_body_bytes", "max_n", "max_prompts",
                      "max_connections"):
             v = getattr(self, name)

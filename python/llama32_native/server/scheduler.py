@@ -87,6 +87,16 @@ class SchedulerStats:
     requests_failed: int = 0
     max_batch: int = 0
     max_queue_depth: int = 0
+    drafts_proposed: int = 0  # speculative decoding: draft tokens verified, and accepted
+    drafts_accepted: int = 0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens_generated / self.forward_calls if self.forward_calls else 0.0
+
+    @property
+    def acceptance(self) -> float:
+        return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else 0.0
 
 
 class Scheduler:
@@ -221,6 +231,10 @@ class Scheduler:
             if upd.finish_reason is None:
                 continue
             del self._active[gen]
+            drafts = gen.proposer.stats() if hasattr(gen.proposer, "stats") else None
+            if drafts is not None:
+                self.stats.drafts_proposed += drafts["proposed"]
+                self.stats.drafts_accepted += drafts["accepted"]
             if upd.error is not None:
                 self.stats.requests_failed += 1
                 self._emit(job, ErrorEvent(job.index, str(upd.error)))

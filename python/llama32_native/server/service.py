@@ -124,6 +124,9 @@ class Service:
             raise ApiError(str(e), "messages") from None
 
     def generation(self, ids: list[int], options: dict[str, Any], chat: bool, index: int) -> Generation:
+        if self.config.speculative is not None:  # the server's speculative decoding (serve --speculative)
+            options = {**options, "speculative": self.config.speculative,
+                       "num_speculative_tokens": self.config.num_speculative_tokens}
         try:
             return self.model.generation(ids, chat=chat, index=index, **options)
         except (Error, TypeError, ValueError) as e:
