@@ -181,6 +181,8 @@ def normalize_tool_choice(tool_choice: Any, tools: Sequence[Tool]) -> str | Tool
 def _content_text(msg: Mapping[str, Any], i: int) -> str:
     content = msg.get("content")
     if content is None:
+        if msg.get("role") != "assistant":  # an assistant turn that only calls tools has no content
+            raise InvalidArgumentError(f"messages[{i}] has no 'content'")
         return ""
     if isinstance(content, str):
         return content

@@ -30,6 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from ..errors import Error
+from ..tools import ToolStream, tool_call_deltas
 from .config import ServerConfig
 from .errors import ApiError, error_body
 from .guard import Guard, default_hosts
@@ -100,11 +101,6 @@ def _install_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}", code="internal_error")
-
 
 async def _wait_disconnect(request: Request) -> None:
     """Completes when the client closes the connection (the body was already read and replayed)."""
@@ -168,7 +164,7 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": cfg.model_name}
         if req.stream:
-            return _stream(svc, queue, jobs, req, lambda ev: completion_chunk(base, ev, svc.model), None)
+            return _stream(svc, queue, jobs, req, lambda ev: [completion_chunk(base, ev, svc.model)], None, base)
         results = await _collect(svc, queue, jobs, request)
         choices = [completion_choice(i, r, svc.model) for i, r in enumerate(results)]
         return {**base, "choices": choices, "usage": usage(results)}
@@ -176,19 +172,22 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         svc.check_common(req)
-        tools = req.tools if req.tools and req.tool_choice != "none" else None
-        ids = await run_in_threadpool(svc.chat_ids, req.messages, tools)
+        plan = await run_in_threadpool(svc.chat_plan, req)
+        ids = plan.prompt_ids
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        extra = {"logprobs": bool(req.logprobs), "top_logprobs": req.top_logprobs} if req.logprobs else None
+        given = req.logprobs or req.top_logprobs is not None  # top_logprobs without logprobs is a 400, not ignored
+        extra = {"logprobs": bool(req.logprobs), "top_logprobs": req.top_logprobs} if given else None
         opts = svc.options(req, max_tokens, cfg.default_max_tokens, len(ids), extra)
         queue, jobs = svc.submit([ids], opts, req.n, chat=True)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk" if req.stream else
                 "chat.completion", "created": int(time.time()), "model": cfg.model_name}
         if req.stream:
             first = [chat_chunk(base, i, {"role": "assistant", "content": ""}, None) for i in range(req.n)]
-            return _stream(svc, queue, jobs, req, lambda ev: chat_chunk_for(base, ev, svc.model, jobs), first)
+            streams = [ToolStream(plan) for _ in range(req.n)]
+            return _stream(svc, queue, jobs, req, lambda ev: chat_chunks_for(base, ev, svc.model, streams), first,
+                           base)
         results = await _collect(svc, queue, jobs, request)
-        choices = [chat_choice(i, r, svc.model, jobs[i].generation) for i, r in enumerate(results)]
+        choices = [chat_choice(i, r, svc.model, jobs[i].generation, plan) for i, r in enumerate(results)]
         return {**base, "choices": choices, "usage": usage(results)}
 
     @app.post("/score")
@@ -209,11 +208,18 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
         return [{"0": r["text"]} for r in results]
 
 
-def chat_chunk_for(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any, jobs: list[Job]) -> dict[str, Any]:
-    """One streamed chat chunk for an event (a content delta, or the final chunk with the finish reason)."""
+def chat_chunks_for(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any,
+                    streams: list[ToolStream]) -> list[dict[str, Any]]:
+    """The streamed chat chunks of an event: a content delta (text that may be a tool call is held back by the
+    choice's ToolStream), or at the end the held content or the tool-call deltas, then the finish reason."""
+    ts = streams[ev.index]
     if isinstance(ev, TextEvent):
-        return chat_chunk(base, ev.index, {"content": ev.text}, None, ev, model)
-    return chat_chunk(base, ev.index, {}, ev.finish_reason)
+        text = ts.push(ev.text)
+        return [chat_chunk(base, ev.index, {"content": text}, None, ev, model)] if text or ev.logprobs else []
+    rest, reply = ts.finish(ev.finish_reason)
+    out = [chat_chunk(base, ev.index, {"content": rest}, None)] if rest else []
+    out += [chat_chunk(base, ev.index, delta, None) for delta in tool_call_deltas(reply.tool_calls)]
+    return out + [chat_chunk(base, ev.index, {}, reply.finish_reason)]
 
 
 def _sse(obj: Any) -> str:
@@ -221,7 +227,8 @@ def _sse(obj: Any) -> str:
 
 
 def _stream(svc: Service, queue: asyncio.Queue, jobs: list[Job], req: SamplingFields,
-            chunk: Callable[[Any], dict[str, Any]], first: list[dict[str, Any]] | None) -> StreamingResponse:
+            chunks: Callable[[Any], list[dict[str, Any]]], first: list[dict[str, Any]] | None,
+            base: dict[str, Any]) -> StreamingResponse:
     include_usage = bool((req.stream_options or {}).get("include_usage"))
 
     async def events() -> AsyncIterator[str]:
@@ -235,19 +242,19 @@ def _stream(svc: Service, queue: asyncio.Queue, jobs: list[Job], req: SamplingFi
                 ev = await queue.get()
                 if isinstance(ev, TextEvent):
                     if ev.text or ev.logprobs:
-                        yield _sse(chunk(ev))
+                        for c in chunks(ev):
+                            yield _sse(c)
                 elif isinstance(ev, DoneEvent):
                     results[ev.index]["completion_tokens"] = ev.n_completion
                     left -= 1
-                    yield _sse(chunk(ev))
+                    for c in chunks(ev):
+                        yield _sse(c)
                 else:
                     left -= 1
                     yield _sse(error_body(ev.message, "server_error", code="generation_failed"))
                     break
             if include_usage:
-                last = {k: v for k, v in chunk(DoneEvent(0, "stop", 0, 0)).items() if k != "choices"}
-                last["choices"] = []
-                last["usage"] = usage(results)
+                last = {**base, "choices": [], "usage": usage(results)}
                 yield _sse(last)
             yield "data: [DONE]\n\n"
         finally:  # the client left, or the stream ended: free the slots of unfinished jobs

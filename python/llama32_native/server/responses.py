@@ -8,41 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import logprobs
 from ..generation import Generation, TokenLogprob
+from ..tools import ToolPlan
 from .scheduler import DoneEvent, TextEvent
 
 __all__ = ["completion_choice", "completion_chunk", "chat_choice", "chat_chunk"]
 
 
-def _piece(model: Any, token: int) -> bytes:
-    return model.tokenizer.token_bytes(token) if model.tokenizer is not None else b""
-
-
 def completion_logprobs(model: Any, lps: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
     """The legacy completions shape: parallel lists of tokens, their logprobs, top alternatives, text offsets."""
-    if not lps:
-        return None
-    tokens, offsets, pos = [], [], offset
-    for lp in lps:
-        text = _piece(model, lp.token).decode("utf-8", errors="replace")
-        tokens.append(text)
-        offsets.append(pos)
-        pos += len(text)
-    top = [{_piece(model, t).decode("utf-8", errors="replace"): v for t, v in lp.top} for lp in lps]
-    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps], "top_logprobs": top, "text_offset": offsets}
+    return logprobs.completion_logprobs(model.tokenizer, lps, offset) if lps else None
 
 
 def chat_logprobs(model: Any, lps: list[TokenLogprob] | None) -> dict[str, Any] | None:
     """The chat shape: content[] of {token, logprob, bytes, top_logprobs[]}."""
-    if lps is None:
-        return None
-
-    def entry(token: int, logprob: float) -> dict[str, Any]:
-        raw = _piece(model, token)
-        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
-
-    return {"content": [{**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
-                        for lp in lps]}
+    return None if lps is None else logprobs.chat_logprobs(model.tokenizer, lps)
 
 
 def completion_choice(index: int, r: dict[str, Any], model: Any) -> dict[str, Any]:
@@ -59,11 +40,11 @@ def completion_chunk(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any
     return {**base, "choices": [choice]}
 
 
-def chat_choice(index: int, r: dict[str, Any], model: Any, generation: Generation) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": r["text"]}
-    finish = r["finish_reason"]
-    return {"index": index, "message": message, "logprobs": chat_logprobs(model, r["logprobs"] or None)
-            if generation.want_logprobs is not None else None, "finish_reason": finish}
+def chat_choice(index: int, r: dict[str, Any], model: Any, generation: Generation, plan: ToolPlan) -> dict[str, Any]:
+    """A chat choice; a reply that is a tool call gets message.tool_calls and finish_reason "tool_calls"."""
+    reply = plan.parse(r["text"], r["finish_reason"])
+    return {"index": index, "message": reply.to_openai(), "logprobs": chat_logprobs(model, r["logprobs"] or [])
+            if generation.want_logprobs is not None else None, "finish_reason": reply.finish_reason}
 
 
 def chat_chunk(base: dict[str, Any], index: int, delta: dict[str, Any], finish_reason: str | None,

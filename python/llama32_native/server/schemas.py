@@ -37,6 +37,8 @@ class SamplingFields(_Lenient):
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     user: Optional[str] = None
+    logit_bias: Optional[dict[str, float]] = None
+    response_format: Optional[dict[str, Any]] = None  # OpenAI's for chat; also taken by completions (extension)
 
 
 class CompletionRequest(SamplingFields):
@@ -53,7 +55,8 @@ class ChatRequest(SamplingFields):
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = None
     tools: Optional[list[Any]] = None
-    response_format: Optional[dict[str, Any]] = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None
 
 
 class ScoreParameters(_Lenient):

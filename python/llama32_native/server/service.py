@@ -11,9 +11,9 @@ import asyncio
 import re
 from typing import Any
 
-from ..chat import validate_messages
 from ..errors import Error
 from ..generation import Generation
+from ..tools import ToolPlan, plan_chat
 from .config import ServerConfig
 from .errors import ApiError
 from .scheduler import DoneEvent, Event, Job, QueueFullError, Scheduler, ShuttingDownError, TextEvent
@@ -95,33 +95,17 @@ class Service:
             raise ApiError(f"at most {self.config.max_prompts} prompts per request, got {len(prompt)}", "prompt")
         return [self.tokenize(p) for p in prompt]
 
-    def chat_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+    def chat_plan(self, req: ChatRequest) -> ToolPlan:
+        """The request's prompt ids (tools and tool turns rendered in the model's format) and how to read the
+        reply (tools.plan_chat); ApiError naming messages, tools, tool_choice or parallel_tool_calls."""
         if self.chat_format is None:
             raise ApiError("this model has no chat format: use /v1/completions", "messages")
-        msgs = []
-        for i, m in enumerate(messages):
-            m = dict(m)
-            content = m.get("content")
-            if isinstance(content, list):  # OpenAI content parts: only text is supported
-                texts = []
-                for part in content:
-                    is_text = isinstance(part, dict) and part.get("type") == "text"
-                    if not is_text or not isinstance(part.get("text"), str):
-                        raise ApiError(f"messages[{i}].content: only text parts are supported", "messages")
-                    texts.append(part["text"])
-                m["content"] = "".join(texts)
-            elif content is None and m.get("role") == "assistant":
-                m["content"] = ""
-            msgs.append(m)
+        parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
         try:
-            if tools is not None:
-                from ..tools import encode_chat_with_tools
-
-                return encode_chat_with_tools(self.model, msgs, tools)
-            validate_messages(msgs)
-            return self.model.chat_ids(msgs)
+            return plan_chat(self.model, req.messages, req.tools, req.tool_choice, parallel)
         except (Error, TypeError, ValueError, UnicodeError) as e:
-            raise ApiError(str(e), "messages") from None
+            m = re.match(r"tools|tool_choice|parallel_tool_calls", str(e))
+            raise ApiError(str(e), m.group(0) if m else "messages") from None
 
     def generation(self, ids: list[int], options: dict[str, Any], chat: bool, index: int) -> Generation:
         if self.config.speculative is not None:  # the server's speculative decoding (serve --speculative)
