@@ -145,6 +145,7 @@ def test_completion_logprobs_and_bias(server) -> None:
     ({"logit_bias": {"99999999": 1}}, "logit_bias"),
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"top_logprobs": 3}, "top_logprobs"),
+    ({"functions": [WEATHER["function"]]}, "functions"),
 ])
 def test_bad_requests_are_400_naming_the_field(server, kw: dict, param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:

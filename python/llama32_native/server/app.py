@@ -172,6 +172,9 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         svc.check_common(req)
+        for old, new in (("functions", "tools"), ("function_call", "tool_choice")):
+            if getattr(req, old) is not None:
+                raise ApiError(f"{old} is deprecated and not supported: use {new}", old)
         plan = await run_in_threadpool(svc.chat_plan, req)
         ids = plan.prompt_ids
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens

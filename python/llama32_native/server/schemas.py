@@ -57,6 +57,8 @@ class ChatRequest(SamplingFields):
     tools: Optional[list[Any]] = None
     tool_choice: Union[str, dict[str, Any], None] = None
     parallel_tool_calls: Optional[bool] = None
+    functions: Optional[list[Any]] = None  # OpenAI's deprecated spelling of tools: refused with a pointer to tools
+    function_call: Union[str, dict[str, Any], None] = None
 
 
 class ScoreParameters(_Lenient):
