@@ -152,3 +152,21 @@ def test_bad_requests_are_400_naming_the_field(server, kw: dict, param: str) -> 
         server["client"].chat.completions.create(model="smollm2", messages=ASK, max_tokens=4, **kw)
     assert info.value.status_code == 400
     assert info.value.body["param"] == param, info.value.body
+
+
+def test_score_takes_chat_input(server) -> None:
+    import httpx
+
+    url = str(server["client"].base_url).removesuffix("/v1/").removesuffix("/v1")
+    model = server["model"]
+    conv = [{"role": "user", "content": "Name a color."}]
+    params = {"max_new_tokens": 6, "do_sample": False}
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=120) as c:
+        one = c.post("/score", json={"input_data": {"input_string": conv, "parameters": params}})
+        many = c.post("/score", json={"input_data": {"input_string": [conv, conv], "parameters": params}})
+        plain = c.post("/score", json={"input_data": {"input_string": ["Name a color."], "parameters": params}})
+        bad = c.post("/score", json={"input_data": {"input_string": ["x", conv], "parameters": params}})
+    expect = model.chat(conv, max_new_tokens=6, do_sample=False)
+    assert one.json() == [{"0": expect}] and many.json() == [{"0": expect}] * 2
+    assert plain.status_code == 200 and plain.json() != one.json()
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input_string"

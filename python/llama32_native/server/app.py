@@ -198,7 +198,8 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
         inp = req.input_data
         if len(inp.input_string) > cfg.max_prompts:
             raise ApiError(f"at most {cfg.max_prompts} input strings, got {len(inp.input_string)}", "input_string")
-        prompts = await run_in_threadpool(lambda: [svc.tokenize(s) for s in inp.input_string])
+        chat = not isinstance(inp.input_string[0], str)
+        prompts = await run_in_threadpool(svc.score_prompts, inp.input_string)
         p = inp.parameters
         extra = {k: v for k, v in p.model_dump().items()
                  if v is not None and k in ("do_sample", "top_k", "min_p", "repetition_penalty")}
@@ -206,7 +207,7 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
         opts: dict[str, Any] = {}
         for ids in prompts:
             opts = svc.options(fields, p.max_new_tokens, cfg.default_max_tokens, len(ids), extra)
-        queue, jobs = svc.submit(prompts, opts, 1, chat=False)
+        queue, jobs = svc.submit(prompts, opts, 1, chat=chat)
         results = await _collect(svc, queue, jobs, request)
         return [{"0": r["text"]} for r in results]
 

@@ -74,7 +74,8 @@ class ScoreParameters(_Lenient):
 
 
 class ScoreInput(_Lenient):
-    input_string: list[str] = Field(min_length=1)
+    # strings (completions), one conversation of role/content messages, or a list of conversations (chat format)
+    input_string: list[Union[str, dict[str, Any], list[dict[str, Any]]]] = Field(min_length=1)
     parameters: ScoreParameters = Field(default_factory=ScoreParameters)
 
 

@@ -107,6 +107,22 @@ class Service:
             m = re.match(r"tools|tool_choice|parallel_tool_calls", str(e))
             raise ApiError(str(e), m.group(0) if m else "messages") from None
 
+    def score_prompts(self, items: list[Any]) -> list[list[int]]:
+        """/score's input_string: strings (plain completions), one conversation (role/content messages) or a list
+        of conversations, answered in the model's chat format."""
+        if all(isinstance(x, str) for x in items):
+            return [self.tokenize(x) for x in items]
+        convs = [items] if all(isinstance(x, dict) for x in items) else items
+        if not all(isinstance(c, list) and c and all(isinstance(m, dict) for m in c) for c in convs):
+            raise ApiError("input_string must hold strings, one conversation (a list of role/content messages) or "
+                           "a list of conversations", "input_string")
+        if self.chat_format is None:
+            raise ApiError("this model has no chat format: send strings", "input_string")
+        try:
+            return [plan_chat(self.model, c).prompt_ids for c in convs]
+        except (Error, TypeError, ValueError, UnicodeError) as e:
+            raise ApiError(f"input_string: {e}", "input_string") from None
+
     def generation(self, ids: list[int], options: dict[str, Any], chat: bool, index: int) -> Generation:
         if self.config.speculative is not None:  # the server's speculative decoding (serve --speculative)
             options = {**options, "speculative": self.config.speculative,
