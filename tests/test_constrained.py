@@ -223,3 +223,15 @@ def test_smollm2_bad_grammar_before_compute(smollm2) -> None:
     finally:
         del smollm2.step
     assert calls == []
+
+
+def test_smollm2_grammar_with_speculative_drafts(smollm2) -> None:
+    """Drafts are verified under the mask: greedy output with n-gram drafts equals plain decoding token for token."""
+    schema = {"type": "object", "properties": {"colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                                          "maxItems": 6}},
+              "required": ["colors"], "additionalProperties": False}
+    ids = smollm2.chat_ids([{"role": "user", "content": "List colors as JSON: red, green, blue, red, green, blue."}])
+    plain = smollm2.complete(ids, json_schema=schema, max_new_tokens=40, do_sample=False)
+    drafted = smollm2.complete(ids, json_schema=schema, max_new_tokens=40, do_sample=False, speculative="ngram")
+    assert drafted.tokens == plain.tokens and drafted.finish_reason == plain.finish_reason == "stop"
+    jsonschema.validate(json.loads(drafted.text), schema)
