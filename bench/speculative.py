@@ -103,6 +103,34 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             "cost_ms": [1e3 * c for c in profile.cost[1:]], "exact_rows": profile.exact_rows}
 
 
+def project(c3: list[float], c1: list[float], alphas: list[float], k_max: int) -> list[dict[str, float]]:
+    """Best draft length and speed-up of the 3B with a 1B draft: K drafts cost K one-row 1B forwards and one
+    (K+1)-row 3B forward, and yield expected_tokens(alpha, K) tokens; plain decoding: one 1-row 3B forward a token."""
+    table = []
+    for alpha in alphas:
+        best = max(range(k_max + 1), key=lambda k: expected_tokens(alpha, k) * c3[1] / (c3[k + 1] + k * c1[1]))
+        s = expected_tokens(alpha, best) * c3[1] / (c3[best + 1] + best * c1[1])
+        table.append({"alpha": alpha, "k": best, "tokens_per_forward": expected_tokens(alpha, best), "speedup": s})
+        print(f"  alpha {alpha:.2f}: best K {best}, tokens/forward {expected_tokens(alpha, best):.2f}, "
+              f"projected speed-up x{s:.2f}", flush=True)
+    return table
+
+
+def batch_costs(path: str, threads: int, rows: int) -> dict[str, list[float]]:
+    """Wall seconds of an r-row decode step of the 1B/3B q4_0 shapes from a batched-decode sweep (bench.py
+    --batch; B sequences decode B rows a step): B / (tokens/s at B), interpolated over r."""
+    import numpy as np
+
+    with open(path) as f:
+        sweep = json.load(f)["batched_decode"]
+    out = {}
+    for arch in ("1b", "3b"):
+        run = next(r for r in sweep if r["arch"] == arch and r["quant"] == "q4_0" and r["threads"] == threads)
+        bs = sorted(int(b) for b in run["batch"])
+        out[f"llama-3.2-{arch}"] = list(np.interp(np.arange(rows + 1), bs, [b / run["batch"][str(b)] for b in bs]))
+    return out
+
+
 def projection(args: argparse.Namespace) -> dict[str, Any]:
     """Forward costs of the 1B and 3B shapes (q4_0, random weights) and the projected speed-up of a 1B draft."""
     costs = {}
@@ -110,19 +138,21 @@ def projection(args: argparse.Namespace) -> dict[str, Any]:
         m = l32.Model.random(name, quant="q4_0", threads=args.threads, context_length=512, max_sequences=2)
         prof = forward_profile(m, args.k + 1, repeats=3)
         costs[name] = [float(c) for c in prof.cost]
-        print(name, "ms per forward of r rows:", " ".join(f"{r}:{1e3 * prof.cost[r]:.0f}" for r in range(1, args.k + 2)),
+        print(name, "CPU ms per forward of r rows (one thread):",
+              " ".join(f"{r}:{1e3 * prof.cost[r]:.0f}" for r in range(1, args.k + 2)),
               f"(bit-exact up to {prof.exact_rows} rows)", flush=True)
         m.close()
         del m
-    c3, c1 = costs["llama-3.2-3b"], costs["llama-3.2-1b"]
-    table = []
-    for alpha in args.alphas:
-        best = max(range(args.k + 1), key=lambda k: expected_tokens(alpha, k) * c3[1] / (c3[k + 1] + k * c1[1]))
-        s = expected_tokens(alpha, best) * c3[1] / (c3[best + 1] + best * c1[1])
-        table.append({"alpha": alpha, "k": best, "tokens_per_forward": expected_tokens(alpha, best), "speedup": s})
-        print(f"alpha {alpha:.2f}: best K {best}, tokens/forward {expected_tokens(alpha, best):.2f}, "
-              f"projected speed-up x{s:.2f}", flush=True)
-    return {"threads": args.threads, "cost_s": costs, "projection": table}
+    print("projection from this session's forward costs (CPU time, one thread):")
+    result: dict[str, Any] = {"threads": args.threads, "cost_s": costs,
+                              "projection": project(costs["llama-3.2-3b"], costs["llama-3.2-1b"], args.alphas, args.k)}
+    if args.batch_json:
+        wall = batch_costs(args.batch_json, args.threads, args.k + 1)
+        print(f"projection from the wall-clock batched-decode steps of {args.batch_json} ({args.threads} threads):")
+        result["batch_json"] = args.batch_json
+        result["wall_cost_s"] = wall
+        result["projection_wall"] = project(wall["llama-3.2-3b"], wall["llama-3.2-1b"], args.alphas, args.k)
+    return result
 
 
 def main() -> None:
@@ -134,7 +164,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--projection", action="store_true", help="measure the 1B/3B cost model instead")
-    ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.9])
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.88, 0.9])
+    ap.add_argument("--batch-json", default=None,
+                    help="with --projection: also project from a batched-decode sweep's wall-clock steps "
+                         "(e.g. bench/results/ours_panels.json)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     result = projection(args) if args.projection else run_tasks(args)
