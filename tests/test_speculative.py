@@ -599,3 +599,21 @@ def test_server_speculative_outputs_equal_plain_and_health_reports_acceptance(tm
         ServerConfig(num_speculative_tokens=4)
     with pytest.raises(l32.InvalidArgumentError):
         ServerConfig(speculative="medusa")
+
+
+@pytest.mark.parametrize("constraint", [{"regex": "(ab|cd)+x"}, {"presence_penalty": 1.5, "logit_bias": {"97": 3}},
+                                        {"response_format": {"type": "json_object"}}])
+def test_greedy_identical_under_constraints_and_penalties(tmp_path, constraint):
+    """Processors see each verified position in the state plain decoding would give them (masks, penalties)."""
+    from test_cli import make_tiny_checkpoint
+
+    m = l32.Model.from_pretrained(make_tiny_checkpoint(tmp_path / "tiny"), quant="f32", context_length=256,
+                                  max_sequences=2)
+    prompt = m.prompt_ids("ab ab ab cd cd")
+    opts = {"do_sample": False, "max_new_tokens": 24, **constraint}
+    ref, _ = _decode(m, prompt, **opts)
+    assert ref.tokens
+    for corrupt in (2, 3, 1000):
+        got, _ = _decode(m, prompt, _Oracle(prompt + ref.tokens + [0], corrupt, m.config.n_vocab), **opts)
+        assert (got.tokens, got.text, got.finish_reason) == (ref.tokens, ref.text, ref.finish_reason)
+    assert m.complete(prompt, speculative="ngram", **opts).tokens == ref.tokens
