@@ -63,13 +63,13 @@ def greedy(model: Any, prompt: Any, new: int = NEW) -> str:
 @needs_smol
 def test_predictor_numpy_and_pandas_batches(local_model) -> None:
     import pandas as pd
-    from llama32_native.ray import LlamaPredictor
+    from llama32_native.ray import OUTPUT_COLUMNS, LlamaPredictor
 
     p = LlamaPredictor(SMOL, threads=1, max_new_tokens=NEW, do_sample=False, **LOAD)
     batch = {"id": np.arange(4), "prompt": np.array([PROMPTS[0], PROMPTS[1], "x" * 8000, None], dtype=object),
              "sampling": np.array([None, {"max_new_tokens": 3.0, "seed": None}, None, None], dtype=object)}
     out = p(batch)
-    assert list(out["id"]) == [0, 1, 2, 3]
+    assert set(out) == {"id", "prompt", "sampling", *OUTPUT_COLUMNS} and list(out["id"]) == [0, 1, 2, 3]
     assert out["generated_text"][0] == greedy(local_model, PROMPTS[0])
     assert out["generated_text"][1] == greedy(local_model, PROMPTS[1], 3)  # 3.0 (Arrow's int with nulls) is 3
     assert out["completion_tokens"][1] <= 3 and out["prompt_tokens"][0] > 0
