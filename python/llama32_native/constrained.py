@@ -26,6 +26,7 @@ __all__ = [
     "grammar_from_response_format",
     "ll_tokenizer",
     "processors_for",
+    "warm_grammar_tokenizers",
 ]
 
 # JSON is written the way chat models write it: one space after ',' and ':', no other whitespace. Flexible
@@ -78,6 +79,13 @@ def ll_tokenizer(tokenizer: Any, stop_ids: Iterable[int]) -> Any:
             per_tok[stops] = llg.LLTokenizer(llg.TokenizerWrapper(_TokenizerView(tokenizer, stops[0])),
                                              eos_token=list(stops))
         return per_tok[stops]
+
+
+def warm_grammar_tokenizers(model: Any) -> None:
+    """Build (and cache) the LLTokenizers that model's constrained generations will use, chat and not."""
+    if getattr(model, "tokenizer", None) is not None:
+        for chat in (False, True):
+            ll_tokenizer(model.tokenizer, model.stop_ids(chat=chat))
 
 
 # ---------------------------------------------------------------------------------------------------------------

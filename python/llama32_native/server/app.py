@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"the server needs FastAPI and uvicorn ({e.name} is missing): pip install 'llama32_native[server]'"
     ) from e
 
+from ..constrained import warm_grammar_tokenizers
 from ..errors import Error
 from ..tools import ToolStream, tool_call_deltas
 from .config import ServerConfig
@@ -61,6 +63,9 @@ def create_app(model: Any, config: ServerConfig | None = None, scheduler: Schedu
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if model.tokenizer is not None:  # build the tokenizer's caches before the first request
             await run_in_threadpool(model.tokenizer.decode, model.tokenizer.encode("warm up", bos=True))
+            # llguidance's view of the vocabulary takes ~1-2 s for 128k tokens: built in the background, so the
+            # first constrained request does not stall the event loop for it
+            threading.Thread(target=warm_grammar_tokenizers, args=(model,), daemon=True).start()
         scheduler.start()
         try:
             yield
