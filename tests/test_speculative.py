@@ -617,3 +617,19 @@ def test_greedy_identical_under_constraints_and_penalties(tmp_path, constraint):
         got, _ = _decode(m, prompt, _Oracle(prompt + ref.tokens + [0], corrupt, m.config.n_vocab), **opts)
         assert (got.tokens, got.text, got.finish_reason) == (ref.tokens, ref.text, ref.finish_reason)
     assert m.complete(prompt, speculative="ngram", **opts).tokens == ref.tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,n_new", [("llama-3.2-1b", 10), ("llama-3.2-3b", 4)])
+def test_greedy_identical_on_the_real_shapes(name, n_new):
+    """The 1B and 3B architectures (random q4_0 weights, the real 128,256-token vocabulary): drafts that are right,
+    wrong at every other position, or wrong from the start give the tokens of plain decoding."""
+    m = l32.Model.random(name, quant="q4_0", context_length=256, max_sequences=2)
+    prompt = [128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13]
+    ref, plain_calls = _decode(m, prompt, do_sample=False, max_new_tokens=n_new, stop_ids=())
+    for corrupt in (1000, 2, 1):
+        got, calls = _decode(m, prompt, _Oracle(prompt + ref.tokens, corrupt, m.config.n_vocab), do_sample=False,
+                             max_new_tokens=n_new, stop_ids=())
+        assert got.tokens == ref.tokens
+        if corrupt == 1000:
+            assert calls < plain_calls
