@@ -26,6 +26,33 @@ TOKENIZER_SEEDS = [
 ]
 
 
+KINDS = ("safetensors", "config", "gguf", "tokenizer", "native", "tokenizer_json")
+
+
+def _native_and_tokenizer_json_seeds() -> None:
+    """Structure-aware harnesses: byte strings that steer their edits, and raw tokenizer.json documents."""
+    import random
+
+    rng = random.Random(13)
+    for i in range(24):
+        data = bytes(rng.randrange(256) for _ in range(8 + 6 * i))
+        _put("native", data)
+        _put("tokenizer_json", bytes([2 * rng.randrange(128)]) + data)
+    sys.path.insert(0, str(ROOT / "fuzz"))
+    sys.path.insert(0, str(ROOT / "python"))
+    import json
+
+    from llama32_native.tokenizer import byte_level_from_bytes
+
+    vocab = {byte_level_from_bytes(bytes([b])): b for b in range(256)}
+    vocab[byte_level_from_bytes(b"he")] = 256
+    for regex in (r"\p{L}+|\s+|.", "", "(a+)+$", r"'s|\S+|\s+"):
+        doc = {"model": {"type": "BPE", "vocab": vocab, "merges": []}, "pre_tokenizer": {
+            "type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+            "added_tokens": [{"id": 257, "content": "<|endoftext|>"}]}
+        _put("tokenizer_json", b"\x01" + json.dumps(doc).encode())
+
+
 def _name(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
@@ -49,7 +76,7 @@ def _run(script: str, out: Path) -> None:
 
 
 def main() -> None:
-    for kind in ("safetensors", "config", "gguf", "tokenizer"):
+    for kind in KINDS:
         shutil.rmtree(CORPUS / kind, ignore_errors=True)
         (CORPUS / kind).mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +93,8 @@ def main() -> None:
         _put("config", bytes([2 * i]) + bytes(range(i, i + 24)))  # structure-aware mode
     for text in TOKENIZER_SEEDS:
         _put("tokenizer", b"\x02" + text.encode("utf-8"))
-    for kind in ("safetensors", "config", "gguf", "tokenizer"):
+    _native_and_tokenizer_json_seeds()
+    for kind in KINDS:
         files = list((CORPUS / kind).iterdir())
         print(f"{kind}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
 

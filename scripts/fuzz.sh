@@ -10,7 +10,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SECS="${1:-60}"; shift || true
 PY="${PYTHON:-python3}"
 export PYTHONPATH="${PYTHONPATH:-$ROOT/python}"  # the dev build; set PYTHONPATH to fuzz another copy
-NAMES=("$@"); [ "${#NAMES[@]}" -eq 0 ] && NAMES=(safetensors config gguf tokenizer)
+NAMES=("$@"); [ "${#NAMES[@]}" -eq 0 ] && NAMES=(safetensors config gguf tokenizer native tokenizer_json)
 OUT="$ROOT/build/fuzz"
 status=0
 for name in "${NAMES[@]}"; do

@@ -716,7 +716,7 @@ def dir_cases() -> list[DirCase]:
         D("F14-weights-directory", _special("directory"), E.ModelLoadError),
         D("F14-weights-fifo", _special("fifo"), E.ModelLoadError),
         D("F14-weights-dev-zero", _special("dev-zero"), E.ModelLoadError),
-        D("F14-weights-symlink-loop", _special("symlink-loop"), OSError),
+        D("F14-weights-symlink-loop", _special("symlink-loop"), E.ModelLoadError),
         D("F14-config-fifo", _special("config-fifo"), E.ModelLoadError),
         # F15: pickle checkpoints are refused and never unpickled
         D(

@@ -18,6 +18,7 @@ from llama32_native.errors import (
     GGUFFormatError,
     MissingTensorError,
     ModelLoadError,
+    ModelNotFoundError,
     TensorShapeError,
     UnexpectedTensorError,
     UnsupportedDTypeError,
@@ -593,7 +594,7 @@ def test_mkbad_write_all(tmp_path: Path) -> None:
 def test_not_a_regular_file(tmp_path: Path) -> None:
     with pytest.raises(GGUFFormatError):
         read_gguf(tmp_path)  # a directory
-    with pytest.raises(GGUFFormatError):
+    with pytest.raises(ModelNotFoundError):
         read_gguf(tmp_path / "missing.gguf")
     if os.path.exists("/dev/zero"):
         with pytest.raises(GGUFFormatError):

@@ -11,9 +11,10 @@ import mkbad
 import numpy as np
 import pytest
 from llama32_native.config import LlamaConfig
-from llama32_native.errors import ConfigError, ModelLoadError, UnexpectedTensorError
+from llama32_native.errors import ConfigError, ModelLoadError, ModelNotFoundError, UnexpectedTensorError
 from llama32_native.loading import Tensor
-from llama32_native.loading.hf import expected_shapes, internal_name, load_hf_dir
+from llama32_native.loading.hf import internal_name, load_hf_dir
+from llama32_native.schema import tensor_shapes as expected_shapes
 
 DIR_CASES = mkbad.dir_cases()
 
@@ -99,7 +100,7 @@ def test_tiny_checkpoint(tmp_path: Path, dtype: str, kind: str) -> None:
     assert (cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_head_kv, cfg.head_dim) == (64, 2, 4, 2, 16)
     assert cfg.tie_word_embeddings and "output" not in tensors
     _assert_matches(tensors, hf, kind, tied=True)
-    assert list(tensors)[:2] == ["tok_embd", "blk.0.attn_norm"]
+    assert list(tensors) == list(expected_shapes(cfg))  # the schema's order
 
 
 def test_tensors_are_views_of_the_open_files(tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ def test_hf_cache_symlink_layout(tmp_path: Path) -> None:
 
 
 def test_nonexistent_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelNotFoundError):
         load_hf_dir(tmp_path / "nope")
     with pytest.raises(ModelLoadError):
         load_hf_dir(tmp_path)  # empty directory

@@ -20,8 +20,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import subprocess_env, tiny_config  # noqa: E402
-from llama32_native import (  # noqa: E402
+from conftest import subprocess_env, tiny_config
+from llama32_native import (
     ContextLengthError,
     Error,
     Model,
@@ -36,7 +36,7 @@ INTERRUPT_BOUND_S = 1.0
 
 
 def tiny_model(**kw: Any) -> Model:
-    args = dict(quant="f32", threads=1, context_length=256, seed=3)
+    args = {"quant": "f32", "threads": 1, "context_length": 256, "seed": 3}
     args.update(kw)
     return Model.random(tiny_config(), **args)
 
@@ -49,13 +49,13 @@ def sharp_model(**kw: Any) -> Model:
     """
     from llama32_native.loading import Tensor
     from llama32_native.loading.synthetic import random_tensors
-    from llama32_native.model import tensor_plan
+    from llama32_native.schema import tensor_plan
 
     cfg = tiny_config()
     plan = tensor_plan(cfg, "f32")
     tensors = {name: Tensor(t.kind, t.shape, t.data * np.float32(25.0) if len(t.shape) == 2 else t.data)
                for name, t in random_tensors(cfg, plan, seed=11).items()}
-    args = dict(quant="f32", threads=1, context_length=256)
+    args = {"quant": "f32", "threads": 1, "context_length": 256}
     args.update(kw)
     return Model(cfg, tensors, plan=plan, **args)
 
@@ -130,7 +130,7 @@ def run_interrupt_trials(n_trials: int, prompt_len: int = 3000, timeout: float =
     """Run the interrupt child; return its latencies (ms) and usability checks."""
     env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", _INTERRUPT_CHILD, str(n_trials), str(prompt_len)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          check=False, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -388,9 +388,8 @@ def leak_slope(cycles: int = 100, warmup: int = 20) -> tuple[float, list[int]]:
             m.logits([1, 2, 3])
             del m
         else:
-            with Model.random(cfg, quant="q4_0", threads=1, context_length=256, seed=i) as m:
-                with m.session() as s:
-                    s.feed([4, 5, 6])
+            with Model.random(cfg, quant="q4_0", threads=1, context_length=256, seed=i) as m, m.session() as s:
+                s.feed([4, 5, 6])
         gc.collect()
         rss.append(rss_bytes())
     slope = float(np.polyfit(np.arange(cycles - warmup), np.asarray(rss[warmup:], dtype=np.float64), 1)[0])
@@ -401,7 +400,7 @@ def leak_slope(cycles: int = 100, warmup: int = 20) -> tuple[float, list[int]]:
 def test_create_destroy_rss_flat():
     fds_before = len(os.listdir("/proc/self/fd"))
     threads_before = threading.active_count()
-    slope, rss = leak_slope()
+    slope, _ = leak_slope()
     assert slope < 1 << 20, f"RSS grows {slope / 1e6:.2f} MB per create/destroy cycle"
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 1
     assert threading.active_count() == threads_before
@@ -425,7 +424,7 @@ def test_generated_weights_are_freed_while_loading():
     """Model.random hands its arrays over one at a time (one copy of f32 weights, not two); a caller's dict is
     never emptied."""
     from llama32_native.loading.synthetic import GeneratedTensors, random_tensors
-    from llama32_native.model import tensor_plan
+    from llama32_native.schema import tensor_plan
 
     cfg = tiny_config()
     plan = tensor_plan(cfg, "f32")
@@ -488,9 +487,8 @@ def test_bad_token_ids_rejected_before_compute(guarded_model, ids, exc):
         guarded_model.logits(ids)
     with pytest.raises(Error if isinstance(ids, str) else exc):  # a str is text: no tokenizer here
         guarded_model.generate_tokens(ids, max_new_tokens=2)
-    with pytest.raises(exc):
-        with guarded_model.session() as s:
-            s.feed(ids)
+    with pytest.raises(exc), guarded_model.session() as s:
+        s.feed(ids)
 
 
 @pytest.mark.parametrize("threads,exc", [(0, ValueError), (-1, ValueError), (10_000, ValueError),
@@ -555,7 +553,7 @@ def test_text_params_and_special_tokens(text_model):
 
 # ----------------------------------------------------------------------------- Z2 fuzz smoke
 
-FUZZ_TARGETS = ("safetensors", "config", "gguf", "tokenizer")
+FUZZ_TARGETS = ("safetensors", "config", "gguf", "tokenizer", "native", "tokenizer_json")
 
 
 @pytest.mark.parametrize("name", FUZZ_TARGETS)
@@ -573,7 +571,7 @@ def test_fuzz_harness_smoke(name, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "fuzz" / f"fuzz_{name}.py"), "-max_total_time=2",
                            "-timeout=10", "-rss_limit_mb=0", f"-artifact_prefix={tmp_path}/", str(tmp_path),
                            str(seeds)],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+                          check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

@@ -14,7 +14,13 @@ import llama32_native
 import mkbad
 import numpy as np
 import pytest
-from llama32_native.errors import ModelLoadError, SafetensorsFormatError, UnsupportedDTypeError
+from llama32_native.errors import (
+    MissingTensorError,
+    ModelLoadError,
+    ModelNotFoundError,
+    SafetensorsFormatError,
+    UnsupportedDTypeError,
+)
 from llama32_native.loading.safetensors import (
     MAX_HEADER_SIZE,
     Entry,
@@ -66,7 +72,7 @@ def test_round_trip_every_dtype(tmp_path: Path) -> None:
     tensors = _sample()
     path = tmp_path / "x.safetensors"
     write_safetensors(path, tensors, {"format": "pt", "note": "ünïcode"}, dtypes={"bf16": "BF16"})
-    with SafetensorsFile.open(path) as f:
+    with SafetensorsFile(path) as f:
         assert f.metadata == {"format": "pt", "note": "ünïcode"}
         assert set(f.entries) == set(tensors)
         assert f.entries["bf16"].dtype == "BF16" and f.entries["u8"].dtype == "U8"
@@ -280,14 +286,15 @@ def test_dev_zero_is_refused() -> None:
     assert type(_open_with_deadline(Path("/dev/zero"))) is ModelLoadError
 
 
-def test_symlink_loop_is_an_os_error(tmp_path: Path) -> None:
+def test_symlink_loop_is_a_load_error(tmp_path: Path) -> None:
     p = tmp_path / "loop.safetensors"
     p.symlink_to(p.name)
-    assert isinstance(_open_with_deadline(p), OSError)
+    err = _open_with_deadline(p)
+    assert type(err) is ModelLoadError and "symbolic links" in str(err)
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelNotFoundError):
         SafetensorsFile(tmp_path / "nope.safetensors")
 
 
@@ -297,7 +304,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
     p = tmp_path / "x.safetensors"
     p.write_bytes(mkbad.VALID_FILE)
     p.chmod(0)
-    with pytest.raises(PermissionError):
+    with pytest.raises(ModelLoadError, match="permission denied"):
         SafetensorsFile(p)
 
 
@@ -330,7 +337,7 @@ def test_context_manager_closes(tmp_path: Path) -> None:
     write_safetensors(p, {"w": np.ones(3, np.float32)})
     with SafetensorsFile(p) as f:
         assert "w" in f and f.keys() == ["w"]
-        with pytest.raises(KeyError):
+        with pytest.raises(MissingTensorError):
             f.array("missing")
     assert f.closed and "closed" in repr(f)
 

@@ -10,6 +10,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -35,26 +36,26 @@ def validate_messages(messages: Any) -> None:
     non-empty ``tool_calls`` which is not supported.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
+        raise InvalidArgumentTypeError(f"messages must be a list of dicts, not {type(messages).__name__}")
     if not messages:
-        raise ValueError("messages must not be empty")
+        raise InvalidArgumentError("messages must not be empty")
     if len(messages) > MAX_MESSAGES:
-        raise ValueError(f"messages: {len(messages)} messages, more than {MAX_MESSAGES}")
+        raise InvalidArgumentError(f"messages: {len(messages)} messages, more than {MAX_MESSAGES}")
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping):
-            raise TypeError(f"messages[{i}] must be a dict, not {type(msg).__name__}")
+            raise InvalidArgumentTypeError(f"messages[{i}] must be a dict, not {type(msg).__name__}")
         role = msg.get("role")
         if not isinstance(role, str):
-            raise TypeError(f"messages[{i}]['role'] must be a str, not {type(role).__name__}")
+            raise InvalidArgumentTypeError(f"messages[{i}]['role'] must be a str, not {type(role).__name__}")
         if role not in ROLES:
-            raise ValueError(f"messages[{i}]['role'] = {role!r}; expected one of {sorted(ROLES)}")
+            raise InvalidArgumentError(f"messages[{i}]['role'] = {role!r}; expected one of {sorted(ROLES)}")
         if "content" not in msg:
-            raise ValueError(f"messages[{i}] has no 'content'")
+            raise InvalidArgumentError(f"messages[{i}] has no 'content'")
         content = msg["content"]
         if not isinstance(content, str):
-            raise TypeError(f"messages[{i}]['content'] must be a str, not {type(content).__name__}")
+            raise InvalidArgumentTypeError(f"messages[{i}]['content'] must be a str, not {type(content).__name__}")
         if msg.get("tool_calls"):
-            raise ValueError(f"messages[{i}]: 'tool_calls' is not supported; put the call in 'content'")
+            raise InvalidArgumentError(f"messages[{i}]: 'tool_calls' is not supported; put the call in 'content'")
 
 
 def _today() -> str:
@@ -96,7 +97,7 @@ class Llama3ChatFormat:
             self._end = tokenizer.special("<|end_header_id|>")
             self._eot = tokenizer.special("<|eot_id|>")
         except KeyError as exc:
-            raise ValueError(f"tokenizer lacks the Llama 3 chat tokens: {exc}") from None
+            raise InvalidArgumentError(f"tokenizer lacks the Llama 3 chat tokens: {exc}") from None
 
     @property
     def stop_tokens(self) -> frozenset[int]:
@@ -123,7 +124,7 @@ class Llama3ChatFormat:
         if date_string is None:
             date_string = _today()
         elif not isinstance(date_string, str):
-            raise TypeError(f"date_string must be a str, not {type(date_string).__name__}")
+            raise InvalidArgumentTypeError(f"date_string must be a str, not {type(date_string).__name__}")
         rest = list(messages)
         system = ""
         has_system = rest[0]["role"] == "system"
@@ -157,13 +158,13 @@ class ChatMLFormat:
     def __init__(self, tokenizer: Tokenizer, default_system: str | None = None) -> None:
         self.tokenizer = tokenizer
         if default_system is not None and not isinstance(default_system, str):
-            raise TypeError(f"default_system must be a str or None, not {type(default_system).__name__}")
+            raise InvalidArgumentTypeError(f"default_system must be a str or None, not {type(default_system).__name__}")
         self.default_system = default_system
         try:
             self._start = tokenizer.special("<|im_start|>")
             self._end = tokenizer.special("<|im_end|>")
         except KeyError as exc:
-            raise ValueError(f"tokenizer lacks the ChatML tokens: {exc}") from None
+            raise InvalidArgumentError(f"tokenizer lacks the ChatML tokens: {exc}") from None
 
     @property
     def stop_tokens(self) -> frozenset[int]:

@@ -7,18 +7,21 @@ once, at construction, so the C++ core never sees an inconsistent shape.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from . import schema
+from .errors import ConfigError, InvalidArgumentError, InvalidArgumentTypeError
+from .files import parse_json, read_regular
 
 # A config.json larger than this is not a config (docs/ERRORS.md, "Malformed files").
 MAX_CONFIG_BYTES = 1 << 20
 MAX_POSITIONS = 1 << 20  # far above Llama 3.2's 131072; guards the KV-cache arithmetic
+RMS_EPS_RANGE = (1e-12, 1e-1)  # real models use 1e-6..1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,11 @@ class LlamaConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"config field {name} must be a positive finite number, got {v!r}")
+        if not RMS_EPS_RANGE[0] <= self.rms_eps <= RMS_EPS_RANGE[1]:
+            raise ConfigError(
+                f"config field rms_eps={self.rms_eps!r} is outside [{RMS_EPS_RANGE[0]}, {RMS_EPS_RANGE[1]}] "
+                "(Llama uses 1e-5; a value outside this range makes the norms meaningless in float32)"
+            )
         if self.rope_theta <= 1.0:
             raise ConfigError(f"rope_theta={self.rope_theta} must be > 1")
         s = self.rope_scaling
@@ -126,10 +134,8 @@ class LlamaConfig:
         return self.n_head_kv * self.head_dim
 
     def n_params(self) -> int:
-        d, f, l = self.n_embd, self.n_ff, self.n_layer
-        per_layer = 2 * d * self.q_dim + 2 * d * self.kv_dim + 3 * d * f + 2 * d
-        out = 0 if self.tie_word_embeddings else self.n_vocab * d
-        return self.n_vocab * d + l * per_layer + d + out
+        """Number of weights (a tied output layer counted once)."""
+        return schema.n_params(self)
 
     def rope_inv_freq(self) -> np.ndarray:
         """Per-pair angular frequencies ω'_i (float64, length head_dim/2), docs/MODEL.md, "RoPE".
@@ -163,7 +169,7 @@ class LlamaConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LlamaConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> LlamaConfig:
         """Inverse of to_dict (our own vocabulary)."""
         try:
             kw = dict(d)
@@ -173,13 +179,13 @@ class LlamaConfig:
                 kw["rope_freq_divisors"] = tuple(float(x) for x in kw["rope_freq_divisors"])
             kw["eos_token_ids"] = tuple(kw.get("eos_token_ids", ()))
             return cls(**kw)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(f"invalid config: {e}") from None
 
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "LlamaConfig":
+    def from_hf_dict(cls, d: Mapping[str, Any], *, source: str = "config.json") -> LlamaConfig:
         """Map a Hugging Face `config.json` dict (classic or transformers-v5 layout)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
@@ -263,26 +269,19 @@ class LlamaConfig:
         )
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> LlamaConfig:
         path = os.fspath(path)
-        try:
-            size = os.path.getsize(path)
-            if size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{path}: {size} bytes is too large for a config.json")
-            with open(path, "rb") as f:
-                raw = json.loads(f.read().decode("utf-8"))
-        except ConfigError:
-            raise
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from None
-        return cls.from_hf_dict(raw, source=path)
+        raw = read_regular(path, MAX_CONFIG_BYTES, "config", big_cls=ConfigError)  # unreadable: ModelLoadError
+        return cls.from_hf_dict(parse_json(raw, f"config {path}", ConfigError), source=path)
 
     @classmethod
-    def preset(cls, name: str) -> "LlamaConfig":
+    def preset(cls, name: str) -> LlamaConfig:
+        if not isinstance(name, str):
+            raise InvalidArgumentTypeError(f"a preset name must be a str, got {type(name).__name__}")
         try:
             return PRESETS[name]
         except KeyError:
-            raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
+            raise InvalidArgumentError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
 
 
 # The official Llama 3.2 shapes (docs/MODEL.md, "Configuration"). The 3B is hidden 3072, 28 layers, 24 heads,

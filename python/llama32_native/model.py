@@ -30,6 +30,8 @@ from .errors import (
 from .generation import Decoder, Generation, GenerationResult, TokenUpdate
 from .loading import Tensor
 from .loading.synthetic import GeneratedTensors
+from .memory import check_load
+from .schema import matrix_names, tensor_plan, vector_names
 
 QUANTS = ("f32", "bf16", "q8_0", "q4_0")
 KV_TYPES = ("f32", "f16", "q8_0")
@@ -72,34 +74,6 @@ def _check_int_arg(name: str, value: Any, lo: int, hi: int) -> int:
     if not lo <= int(value) <= hi:
         raise InvalidArgumentError(f"{name}={value} is out of range [{lo}, {hi}]")
     return int(value)
-
-
-def tensor_plan(config: LlamaConfig, quant: str) -> dict[str, str]:
-    """The in-memory type of every matrix for a quant mode.
-
-    q4_0 keeps the embedding table and output layer at 8 bits (q8_0), as Meta's quantized Llama 3.2 does:
-    they are the largest matrices and the most sensitive to 4-bit error.
-    """
-    plan = {}
-    names = ["tok_embd"] + ([] if config.tie_word_embeddings else ["output"])
-    per_layer = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-    for name in names:
-        plan[name] = "q8_0" if quant == "q4_0" else quant
-    for i in range(config.n_layer):
-        for t in per_layer:
-            plan[f"blk.{i}.{t}"] = quant
-    return plan
-
-
-def matrix_names(config: LlamaConfig) -> list[str]:
-    return list(tensor_plan(config, "f32"))
-
-
-def vector_names(config: LlamaConfig) -> list[str]:
-    names = ["output_norm"]
-    for i in range(config.n_layer):
-        names += [f"blk.{i}.attn_norm", f"blk.{i}.ffn_norm"]
-    return names
 
 
 def _core_config(config: LlamaConfig) -> dict[str, Any]:
@@ -309,6 +283,8 @@ class Model:
         self._closed = False
         self._pool = SlotPool(max_sequences)
         self.engine_seconds = 0.0  # time spent inside the engine's forward (the benchmark's Python share)
+        check_load(config, tensors, plan, quant=quant, context_length=context_length,  # before any allocation
+                   max_sequences=max_sequences, kv_cache=kv_cache)
         self._engine = _core.Engine(_core_config(config), context_length, max_sequences, kv_cache, threads)
         plan = dict(plan) if plan is not None else tensor_plan(config, quant)
         self._load_tensors(tensors, plan, progress)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NumericalError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, NumericalError
 
 __all__ = ["Sampler", "SamplingParams", "normalize_stop"]
 
@@ -48,20 +48,20 @@ def _is_real(value: Any) -> bool:
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        raise InvalidArgumentTypeError(f"{name} must be an int, not {type(value).__name__}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi}], got {value}")
 
 
 def _check_real(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:
     if not _is_real(value):
-        raise TypeError(f"{name} must be a float, not {type(value).__name__}")
+        raise InvalidArgumentTypeError(f"{name} must be a float, not {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
+        raise InvalidArgumentError(f"{name} must be finite, got {v}")
     if v < lo or v > hi or (lo_open and v == lo):
         bracket = "(" if lo_open else "["
-        raise ValueError(f"{name} must be in {bracket}{lo}, {hi}], got {v}")
+        raise InvalidArgumentError(f"{name} must be in {bracket}{lo}, {hi}], got {v}")
 
 
 def _masked_sum(w: np.ndarray, mask: np.ndarray) -> float:
@@ -78,16 +78,16 @@ def normalize_stop(stop: Any, name: str = "stop") -> tuple[str, ...]:
     elif isinstance(stop, (list, tuple)):
         items = stop
     else:
-        raise TypeError(f"{name} must be a str or a list of str, not {type(stop).__name__}")
+        raise InvalidArgumentTypeError(f"{name} must be a str or a list of str, not {type(stop).__name__}")
     if len(items) > MAX_STOP_STRINGS:
-        raise ValueError(f"{name}: {len(items)} strings, at most {MAX_STOP_STRINGS} allowed")
+        raise InvalidArgumentError(f"{name}: {len(items)} strings, at most {MAX_STOP_STRINGS} allowed")
     for i, s in enumerate(items):
         if not isinstance(s, str):
-            raise TypeError(f"{name}[{i}] must be a str, not {type(s).__name__}")
+            raise InvalidArgumentTypeError(f"{name}[{i}] must be a str, not {type(s).__name__}")
         if not s:
-            raise ValueError(f"{name}[{i}] is empty")
+            raise InvalidArgumentError(f"{name}[{i}] is empty")
         if len(s) > MAX_STOP_CHARS:
-            raise ValueError(f"{name}[{i}] has {len(s)} chars, at most {MAX_STOP_CHARS} allowed")
+            raise InvalidArgumentError(f"{name}[{i}] has {len(s)} chars, at most {MAX_STOP_CHARS} allowed")
     return tuple(items)
 
 
@@ -114,7 +114,8 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        """Raise TypeError (wrong type) or ValueError (NaN, inf, out of range) naming the field."""
+        """Raise InvalidArgumentTypeError (wrong type) or InvalidArgumentError (NaN, inf, out of range) naming
+        the field; they are TypeError and ValueError subclasses."""
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         _check_real("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
         _check_real("top_p", self.top_p, 0.0, 1.0)
@@ -122,7 +123,7 @@ class SamplingParams:
         _check_real("min_p", self.min_p, 0.0, 1.0)
         _check_real("repetition_penalty", self.repetition_penalty, 0.0, MAX_REPETITION_PENALTY, lo_open=True)
         if not isinstance(self.do_sample, (bool, np.bool_)):
-            raise TypeError(f"do_sample must be a bool, not {type(self.do_sample).__name__}")
+            raise InvalidArgumentTypeError(f"do_sample must be a bool, not {type(self.do_sample).__name__}")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**64 - 1)
         normalize_stop(self.stop)
@@ -137,6 +138,21 @@ class SamplingParams:
         return normalize_stop(self.stop)
 
 
+_FIELDS = frozenset(f for f in SamplingParams.__dataclass_fields__)
+_dataclass_init = SamplingParams.__init__
+
+
+def _checked_init(self: SamplingParams, *args: Any, **kwargs: Any) -> None:
+    unknown = sorted(set(kwargs) - _FIELDS)
+    if unknown or len(args) > len(_FIELDS):
+        what = f"unknown sampling parameter(s) {', '.join(unknown)}" if unknown else "too many positional arguments"
+        raise InvalidArgumentTypeError(f"{what}; known: {', '.join(sorted(_FIELDS))}")
+    _dataclass_init(self, *args, **kwargs)
+
+
+SamplingParams.__init__ = _checked_init  # type: ignore[method-assign]  # an unknown name is an argument error too
+
+
 class Sampler:
     """Picks next tokens for one generation; holds its seeded PCG64 generator.
 
@@ -147,7 +163,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, n_vocab: int) -> None:
         if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, not {type(params).__name__}")
+            raise InvalidArgumentTypeError(f"params must be SamplingParams, not {type(params).__name__}")
         params.validate()
         _check_int("n_vocab", n_vocab, 1, 1 << 24)
         self.params = params
@@ -163,7 +179,7 @@ class Sampler:
     def _as_logits(self, logits: Any) -> np.ndarray:
         x = np.asarray(logits, dtype=np.float32)
         if x.shape != (self.n_vocab,):
-            raise ValueError(f"logits must have shape ({self.n_vocab},), got {x.shape}")
+            raise InvalidArgumentError(f"logits must have shape ({self.n_vocab},), got {x.shape}")
         return x
 
     def _penalize(self, x: np.ndarray, history: Sequence[int]) -> np.ndarray:
@@ -174,7 +190,7 @@ class Sampler:
         if h.size == 0:
             return x
         if h.min() < 0 or h.max() >= self.n_vocab:
-            raise ValueError(f"history holds a token id outside [0, {self.n_vocab})")
+            raise InvalidArgumentError(f"history holds a token id outside [0, {self.n_vocab})")
         rp = np.float32(self.params.repetition_penalty)
         y = self._penalized
         np.copyto(y, x)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tiktoken
 
-from .errors import ModelLoadError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, TokenizerError
+from .files import parse_json, read_regular
+from .pattern import PROBES, check_pattern
+
+T = TypeVar("T")
 
 __all__ = [
+    "END_OF_GENERATION_NAMES",
     "GPT2_PATTERN",
     "LLAMA3_N_BASE",
     "LLAMA3_N_VOCAB",
@@ -59,7 +63,7 @@ MAX_TOKENIZER_JSON_BYTES = 256 << 20
 _LLAMA3_BOS = "<|begin_of_text|>"
 _LLAMA3_EOS = "<|end_of_text|>"
 # Names that end generation wherever they exist (llama.cpp's end-of-generation list, abridged).
-_END_OF_GENERATION_NAMES = (
+END_OF_GENERATION_NAMES = (
     "<|end_of_text|>",
     "<|eom_id|>",
     "<|eot_id|>",
@@ -173,16 +177,24 @@ def _pieces(text: str) -> Iterator[str]:
 # File readers
 
 
-def _read_limited(path: Path, limit: int, what: str) -> bytes:
+def _guarded(what: str, call: Callable[[], T]) -> T:
+    """call(), with tiktoken's failures as TokenizerError: a Rust panic (pyo3's PanicException, a BaseException
+    that ``except Exception`` misses) or an error from its regex engine. KeyboardInterrupt, SystemExit and
+    GeneratorExit pass through untouched."""
     try:
-        if not path.is_file():
-            raise ModelLoadError(f"{what} {path}: not a regular file")
-        size = path.stat().st_size
-        if size > limit:
-            raise ModelLoadError(f"{what} {path}: {size} bytes, more than the {limit} allowed")
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{what} {path}: cannot read ({exc})") from exc
+        return call()
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise TokenizerError(f"{what} ({exc})") from exc
+    except BaseException as exc:
+        if isinstance(exc, Exception) or type(exc).__name__ != "PanicException":
+            raise
+        raise TokenizerError(f"{what}: tiktoken panicked ({str(exc)[:200]})") from exc
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    return read_regular(str(path), limit, what, TokenizerError)
 
 
 def _parse_tiktoken_ranks(data: bytes, path: Path) -> dict[bytes, int]:
@@ -192,31 +204,31 @@ def _parse_tiktoken_ranks(data: bytes, path: Path) -> dict[bytes, int]:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as exc:
-        raise ModelLoadError(f"tokenizer file {path}: not ASCII (byte {exc.start})") from None
+        raise TokenizerError(f"tokenizer file {path}: not ASCII (byte {exc.start})") from None
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: expected '<base64> <rank>', got {line[:80]!r}")
+            raise TokenizerError(f"tokenizer file {path}, line {lineno}: expected '<base64> <rank>', got {line[:80]!r}")
         token_b64, rank_text = parts
         try:
             token = base64.b64decode(token_b64, validate=True)
         except (binascii.Error, ValueError):
-            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: bad base64 {token_b64[:80]!r}") from None
+            raise TokenizerError(f"tokenizer file {path}, line {lineno}: bad base64 {token_b64[:80]!r}") from None
         if not rank_text.isdigit() or len(rank_text) > 9:
-            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: bad rank {rank_text[:80]!r}")
+            raise TokenizerError(f"tokenizer file {path}, line {lineno}: bad rank {rank_text[:80]!r}")
         rank = int(rank_text)
         if not token:
-            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: empty token")
+            raise TokenizerError(f"tokenizer file {path}, line {lineno}: empty token")
         if token in ranks:
-            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: duplicate token {token!r}")
+            raise TokenizerError(f"tokenizer file {path}, line {lineno}: duplicate token {token!r}")
         if rank in seen_ranks:
-            raise ModelLoadError(f"tokenizer file {path}, line {lineno}: duplicate rank {rank}")
+            raise TokenizerError(f"tokenizer file {path}, line {lineno}: duplicate rank {rank}")
         ranks[token] = rank
         seen_ranks.add(rank)
     if not ranks:
-        raise ModelLoadError(f"tokenizer file {path}: no tokens")
+        raise TokenizerError(f"tokenizer file {path}: no tokens")
     return ranks
 
 
@@ -232,12 +244,12 @@ def _json_special_name(value: Any) -> str | None:
 def _pattern_from_pre_tokenizer(pre: Any, path: Path) -> str:
     """The single regex equivalent to a tokenizer.json pre_tokenizer (the supported kinds)."""
     if not isinstance(pre, Mapping):
-        raise ModelLoadError(f"tokenizer file {path}: pre_tokenizer missing or not an object")
+        raise TokenizerError(f"tokenizer file {path}: pre_tokenizer missing or not an object")
     kind = pre.get("type")
     if kind == "Sequence":
         steps = pre.get("pretokenizers")
         if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
-            raise ModelLoadError(f"tokenizer file {path}: pre_tokenizer.pretokenizers is not a list")
+            raise TokenizerError(f"tokenizer file {path}: pre_tokenizer.pretokenizers is not a list")
         kinds = [s.get("type") for s in steps]
         if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
             return _pattern_from_pre_tokenizer(steps[0], path)
@@ -246,22 +258,22 @@ def _pattern_from_pre_tokenizer(pre: Any, path: Path) -> str:
             return SMOLLM_PATTERN
         if len(steps) == 1:
             return _pattern_from_pre_tokenizer(steps[0], path)
-        raise ModelLoadError(f"tokenizer file {path}: unsupported pre_tokenizer sequence {kinds}")
+        raise TokenizerError(f"tokenizer file {path}: unsupported pre_tokenizer sequence {kinds}")
     if kind == "Split":
         pattern = pre.get("pattern")
         regex = pattern.get("Regex") if isinstance(pattern, Mapping) else None
         if not isinstance(regex, str) or pre.get("invert", False):
-            raise ModelLoadError(f"tokenizer file {path}: unsupported Split pre_tokenizer")
+            raise TokenizerError(f"tokenizer file {path}: unsupported Split pre_tokenizer")
         return regex
     if kind == "ByteLevel" and pre.get("use_regex", True):
         _check_no_prefix_space(pre, path)
         return GPT2_PATTERN
-    raise ModelLoadError(f"tokenizer file {path}: unsupported pre_tokenizer type {kind!r}")
+    raise TokenizerError(f"tokenizer file {path}: unsupported pre_tokenizer type {kind!r}")
 
 
 def _check_no_prefix_space(step: Mapping[str, Any], path: Path) -> None:
     if step.get("add_prefix_space", False):
-        raise ModelLoadError(f"tokenizer file {path}: ByteLevel add_prefix_space=true is not supported")
+        raise TokenizerError(f"tokenizer file {path}: ByteLevel add_prefix_space=true is not supported")
 
 
 def _read_tokenizer_config(path: Path) -> dict[str, Any]:
@@ -269,10 +281,8 @@ def _read_tokenizer_config(path: Path) -> dict[str, Any]:
     cfg_path = path.with_name("tokenizer_config.json")
     if not cfg_path.is_file():
         return {}
-    try:
-        cfg = json.loads(_read_limited(cfg_path, MAX_TOKENIZER_JSON_BYTES, "tokenizer config"))
-    except (ValueError, RecursionError) as exc:
-        raise ModelLoadError(f"tokenizer config {cfg_path}: invalid JSON ({exc})") from None
+    raw = _read_limited(cfg_path, MAX_TOKENIZER_JSON_BYTES, "tokenizer config")
+    cfg = parse_json(raw, f"tokenizer config {cfg_path}", TokenizerError)
     return cfg if isinstance(cfg, dict) else {}
 
 
@@ -321,15 +331,12 @@ class Tokenizer:
         self._stop_tokens = frozenset(int(i) for i in stop_ids)
         self.add_bos = bool(add_bos)
         self._pattern = pattern
-        try:
-            self._enc = tiktoken.Encoding(
-                name=name,
-                pat_str=pattern,
-                mergeable_ranks=mergeable_ranks,
-                special_tokens=self._special_ids,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"tokenizer {name}: cannot build the encoder ({exc})") from exc
+        self._enc = _guarded(
+            f"tokenizer {name}: cannot build the encoder",
+            lambda: tiktoken.Encoding(
+                name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self._special_ids
+            ),
+        )
         self._all_special = frozenset(self._special_ids)
 
     # -- constructors -----------------------------------------------------------------------
@@ -346,7 +353,7 @@ class Tokenizer:
         ranks = _parse_tiktoken_ranks(_read_limited(path, MAX_TOKENIZER_MODEL_BYTES, "tokenizer file"), path)
         n_base = max(ranks.values()) + 1
         if isinstance(n_vocab, bool) or not isinstance(n_vocab, int) or n_vocab < n_base:
-            raise ModelLoadError(f"tokenizer file {path}: n_vocab={n_vocab!r} is below the {n_base} base tokens")
+            raise TokenizerError(f"tokenizer file {path}: n_vocab={n_vocab!r} is below the {n_base} base tokens")
         if special_tokens is None:
             special_tokens = llama3_special_tokens(n_base, n_vocab)
         return cls._build(ranks, dict(special_tokens), LLAMA3_PATTERN, n_vocab, None, None, None, True, str(path))
@@ -355,20 +362,18 @@ class Tokenizer:
     def from_tokenizer_json(cls, path: str | os.PathLike[str], n_vocab: int | None = None) -> Tokenizer:
         """Hugging Face ``tokenizer.json`` (byte-level BPE); tiktoken semantics, merges ignored."""
         path = Path(path)
-        try:
-            doc = json.loads(_read_limited(path, MAX_TOKENIZER_JSON_BYTES, "tokenizer file"))
-        except (ValueError, RecursionError) as exc:
-            raise ModelLoadError(f"tokenizer file {path}: invalid JSON ({exc})") from None
+        raw = _read_limited(path, MAX_TOKENIZER_JSON_BYTES, "tokenizer file")
+        doc = parse_json(raw, f"tokenizer file {path}", TokenizerError)
         if not isinstance(doc, dict):
-            raise ModelLoadError(f"tokenizer file {path}: top level is not an object")
+            raise TokenizerError(f"tokenizer file {path}: top level is not an object")
         model = doc.get("model")
         if not isinstance(model, Mapping) or model.get("type", "BPE") != "BPE":
-            raise ModelLoadError(f"tokenizer file {path}: model.type must be 'BPE'")
+            raise TokenizerError(f"tokenizer file {path}: model.type must be 'BPE'")
         vocab = model.get("vocab")
         if not isinstance(vocab, Mapping) or not vocab:
-            raise ModelLoadError(f"tokenizer file {path}: model.vocab missing or empty")
+            raise TokenizerError(f"tokenizer file {path}: model.vocab missing or empty")
         if doc.get("normalizer") is not None:
-            raise ModelLoadError(f"tokenizer file {path}: a normalizer is not supported")
+            raise TokenizerError(f"tokenizer file {path}: a normalizer is not supported")
         pattern = _pattern_from_pre_tokenizer(doc.get("pre_tokenizer"), path)
         specials = cls._json_added_tokens(doc.get("added_tokens"), path, n_vocab)
         ranks = cls._json_ranks(vocab, set(specials.values()), path, n_vocab)
@@ -427,14 +432,14 @@ class Tokenizer:
             if token is None or tid in special_id_set:
                 continue
             if not isinstance(token, (bytes, bytearray)) or not token:
-                raise ModelLoadError(f"tokenizer {name}: token {tid} is not a non-empty byte string")
+                raise TokenizerError(f"tokenizer {name}: token {tid} is not a non-empty byte string")
             token = bytes(token)
             if token in ranks:  # a duplicate: the lowest id encodes, the others only decode
                 aliases[tid] = token
             else:
                 ranks[token] = tid
         if not ranks:
-            raise ModelLoadError(f"tokenizer {name}: no base tokens")
+            raise TokenizerError(f"tokenizer {name}: no base tokens")
         if n_vocab is None:
             n_vocab = max([len(token_bytes)] + [i + 1 for i in special_id_set])
         return cls._build(ranks, special_tokens, pattern, n_vocab, bos_id, eos_id, stop_ids, add_bos, name, aliases)
@@ -453,11 +458,21 @@ class Tokenizer:
         name: str,
         aliases: Mapping[int, bytes] | None = None,
     ) -> Tokenizer:
-        """Validate the pieces, fill in Llama 3 conventions, construct."""
+        """Validate the pieces, fill in Llama 3 conventions, construct, and try the encoder once."""
         if isinstance(n_vocab, bool) or not isinstance(n_vocab, int) or not 0 < n_vocab <= 1 << 24:
-            raise ModelLoadError(f"tokenizer {name}: n_vocab={n_vocab!r} out of range")
+            raise TokenizerError(f"tokenizer {name}: n_vocab={n_vocab!r} out of range")
+        check_pattern(pattern, f"tokenizer {name}")
+        if not ranks:
+            raise TokenizerError(f"tokenizer {name}: no base tokens")
+        if len(set(ranks.values())) != len(ranks):
+            seen: dict[int, bytes] = {}
+            for token, rank in ranks.items():
+                if rank in seen:
+                    raise TokenizerError(f"tokenizer {name}: id {rank} is given to two tokens, "
+                                         f"{seen[rank][:40]!r} and {token[:40]!r}")
+                seen[rank] = token
         if max(ranks.values()) >= n_vocab:
-            raise ModelLoadError(f"tokenizer {name}: base token id {max(ranks.values())} >= n_vocab {n_vocab}")
+            raise TokenizerError(f"tokenizer {name}: base token id {max(ranks.values())} >= n_vocab {n_vocab}")
         # tiktoken needs every single byte. Vocabularies that lack some (SmolLM2 has no token for a few
         # control bytes) get them at ids past the vocabulary; encode() drops those, as the model cannot see them.
         missing = [b for b in range(256) if bytes([b]) not in ranks]
@@ -468,41 +483,46 @@ class Tokenizer:
                 ranks[bytes([b])] = n_vocab + k
         for text, tid in specials.items():
             if not isinstance(text, str) or not text:
-                raise ModelLoadError(f"tokenizer {name}: special token {tid} has an empty or non-string name")
+                raise TokenizerError(f"tokenizer {name}: special token {tid} has an empty or non-string name")
             if isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < n_vocab or tid in rank_ids:
-                raise ModelLoadError(f"tokenizer {name}: special token {text!r} has a bad id {tid!r}")
+                raise TokenizerError(f"tokenizer {name}: special token {text!r} has a bad id {tid!r}")
+        if len(set(specials.values())) != len(specials):
+            raise TokenizerError(f"tokenizer {name}: two special tokens share an id")
         if _LLAMA3_BOS in specials:  # Llama 3 conventions (Meta Tokenizer): fixed BOS/EOS
             bos_id = specials[_LLAMA3_BOS]
             eos_id = specials.get(_LLAMA3_EOS, eos_id)
             add_bos = True
         for label, tid in (("bos", bos_id), ("eos", eos_id)):
             if tid is not None and not 0 <= tid < n_vocab:
-                raise ModelLoadError(f"tokenizer {name}: {label} id {tid} out of range [0, {n_vocab})")
+                raise TokenizerError(f"tokenizer {name}: {label} id {tid} out of range [0, {n_vocab})")
         if stop_ids is None:
-            stop = {specials[n] for n in _END_OF_GENERATION_NAMES if n in specials}
+            stop = {specials[n] for n in END_OF_GENERATION_NAMES if n in specials}
             if eos_id is not None:
                 stop.add(eos_id)
         else:
             stop = {int(i) for i in stop_ids}
             if any(not 0 <= i < n_vocab for i in stop):
-                raise ModelLoadError(f"tokenizer {name}: stop id out of range [0, {n_vocab})")
+                raise TokenizerError(f"tokenizer {name}: stop id out of range [0, {n_vocab})")
         aliases = {i: b for i, b in (aliases or {}).items() if i < n_vocab and i not in specials.values()}
         use_bos = add_bos and bos_id is not None
-        return cls(ranks, specials, pattern, n_vocab, bos_id, eos_id, stop, use_bos, name, aliases)
+        tok = cls(ranks, specials, pattern, n_vocab, bos_id, eos_id, stop, use_bos, name, aliases)
+        for probe in PROBES:  # an encoder that fails on ordinary text fails here, at load time
+            tok.encode(probe, bos=False, allow_special=True)
+        return tok
 
     @staticmethod
     def _json_added_tokens(added: Any, path: Path, n_vocab: int | None) -> dict[str, int]:
         if added is None:
             return {}
         if not isinstance(added, list):
-            raise ModelLoadError(f"tokenizer file {path}: added_tokens is not a list")
+            raise TokenizerError(f"tokenizer file {path}: added_tokens is not a list")
         specials: dict[str, int] = {}
         for i, entry in enumerate(added):
             if not isinstance(entry, Mapping):
-                raise ModelLoadError(f"tokenizer file {path}: added_tokens[{i}] is not an object")
+                raise TokenizerError(f"tokenizer file {path}: added_tokens[{i}] is not an object")
             tid, content = entry.get("id"), entry.get("content")
             if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0 or not isinstance(content, str):
-                raise ModelLoadError(f"tokenizer file {path}: added_tokens[{i}] needs an int id and str content")
+                raise TokenizerError(f"tokenizer file {path}: added_tokens[{i}] needs an int id and str content")
             if n_vocab is not None and tid >= n_vocab:
                 continue  # e.g. the vision tokenizer's <|image|> = 128256 (docs/MODEL.md, "Tokenizer")
             specials.setdefault(content, tid)
@@ -515,21 +535,21 @@ class Tokenizer:
         ranks: dict[bytes, int] = {}
         for key, tid in vocab.items():
             if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0:
-                raise ModelLoadError(f"tokenizer file {path}: vocab entry {str(key)[:40]!r} has a bad id {tid!r}")
+                raise TokenizerError(f"tokenizer file {path}: vocab entry {str(key)[:40]!r} has a bad id {tid!r}")
             if tid in special_ids or (n_vocab is not None and tid >= n_vocab):
                 continue
             try:
                 token = bytes_from_byte_level(key)
             except ValueError:
-                raise ModelLoadError(
+                raise TokenizerError(
                     f"tokenizer file {path}: vocab entry {str(key)[:40]!r} is not a byte-level string"
                 ) from None
             if not token:
-                raise ModelLoadError(f"tokenizer file {path}: vocab entry {tid} is empty")
+                raise TokenizerError(f"tokenizer file {path}: vocab entry {tid} is empty")
             if ranks.setdefault(token, tid) != tid and tid < ranks[token]:
                 ranks[token] = tid  # duplicate bytes: the lowest id encodes
         if not ranks:
-            raise ModelLoadError(f"tokenizer file {path}: no base tokens")
+            raise TokenizerError(f"tokenizer file {path}: no base tokens")
         return ranks
 
     @staticmethod
@@ -595,23 +615,25 @@ class Tokenizer:
         ValueError for text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``).
         """
         if not isinstance(text, str):
-            raise TypeError(f"text must be str, not {type(text).__name__}")
+            raise InvalidArgumentTypeError(f"text must be str, not {type(text).__name__}")
         if not text.isascii():
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"text contains a lone surrogate {text[exc.start]!r} at index {exc.start}; "
                     "it cannot be encoded as UTF-8"
                 ) from None
         ids: list[int] = []
         if bos and self.add_bos and self._bos_id is not None:
             ids.append(self._bos_id)
+        enc, specials = self._enc, self._all_special
         for piece in _pieces(text):
             if allow_special:
-                ids += self._enc.encode(piece, allowed_special=self._all_special, disallowed_special=())
+                ids += _guarded(f"{self}: encode failed",
+                                lambda p=piece: enc.encode(p, allowed_special=specials, disallowed_special=()))
             else:
-                ids += self._enc.encode_ordinary(piece)
+                ids += _guarded(f"{self}: encode failed", lambda p=piece: enc.encode_ordinary(p))
         if self._has_unseen_bytes:
             ids = [i for i in ids if i < self._n_vocab]
         if eos and self._eos_id is not None:
@@ -623,18 +645,18 @@ class Tokenizer:
 
         Raises ValueError for an id outside ``[0, n_vocab)`` and TypeError for a non-integer.
         """
-        ids = list(ids)
         table = self._id_to_bytes
         try:
+            ids = list(ids)
             if ids and (min(ids) < 0 or max(ids) >= self._n_vocab):
                 bad = next(i for i in ids if not 0 <= i < self._n_vocab)
-                raise ValueError(f"token id {bad} out of range [0, {self._n_vocab})")
+                raise InvalidArgumentError(f"token id {bad} out of range [0, {self._n_vocab})")
             if skip_special:
                 special = self._special_id_set
                 return b"".join([table[i] for i in ids if i not in special])
             return b"".join([table[i] for i in ids])
         except TypeError:
-            raise TypeError("token ids must be integers") from None
+            raise InvalidArgumentTypeError("token ids must be integers") from None
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of ``ids``: UTF-8 with U+FFFD for invalid or incomplete sequences."""
@@ -643,8 +665,8 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """Bytes of one id (special ids: their name as UTF-8)."""
         if isinstance(token_id, bool) or not hasattr(token_id, "__index__"):
-            raise TypeError(f"token id must be an int, not {type(token_id).__name__}")
+            raise InvalidArgumentTypeError(f"token id must be an int, not {type(token_id).__name__}")
         token_id = token_id.__index__()
         if not 0 <= token_id < self._n_vocab:
-            raise ValueError(f"token id {token_id} out of range [0, {self._n_vocab})")
+            raise InvalidArgumentError(f"token id {token_id} out of range [0, {self._n_vocab})")
         return self._id_to_bytes[token_id]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-# Bytes per block of 32 weights for the block-quantized kinds (ggml layout: f16 scale + payload).
-BLOCK_BYTES = {"q8_0": 34, "q4_0": 18}
-KINDS = ("f32", "f16", "bf16", "q8_0", "q4_0")
+from ..schema import BLOCK_BYTES, KINDS
+
+if TYPE_CHECKING:
+    from ..config import LlamaConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,4 +29,27 @@ class Tensor:
     data: np.ndarray
 
 
-__all__ = ["BLOCK_BYTES", "KINDS", "Tensor"]
+class GeneratedTensors(dict[str, Tensor]):
+    """Tensors that exist only to be loaded: a Model empties this dict as the engine takes each one, so random
+    f32 weights are never held twice (the 3B in f32 is 12.9 GB: two copies would not fit in 24 GiB)."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What a loader hands the Model: config, tensors, tokenizer and chat format, and how to close the files."""
+
+    config: LlamaConfig
+    tensors: dict[str, Tensor]
+    tokenizer: Any = None
+    chat_format: Any = None
+    plan: dict[str, str] | None = None  # in-memory types fixed by the file (saved models)
+    quant: str | None = None
+    closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+    def close(self) -> None:
+        for c in self.closers:
+            c()
+        self.closers.clear()
+
+
+__all__ = ["BLOCK_BYTES", "KINDS", "Checkpoint", "GeneratedTensors", "Tensor"]

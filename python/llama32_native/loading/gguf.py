@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-import stat
 import struct
 from typing import Any
 
@@ -26,8 +25,12 @@ from ..errors import (
     UnexpectedTensorError,
     UnsupportedDTypeError,
 )
+from ..files import map_regular
+from ..memory import Budget, check_memory
+from ..schema import tensor_shapes
+from ..tokenizer import END_OF_GENERATION_NAMES
 from . import Tensor
-from .gguf_dequant import dequantize
+from .gguf_dequant import GGML_TYPES, dequantize
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -79,43 +82,6 @@ _SCALAR_STRUCTS = {
 }
 # the fewest bytes one encoded value of a type can take (strings: length prefix; arrays: header)
 _MIN_VALUE_BYTES = {**{vt: np.dtype(dt).itemsize for vt, dt in _SCALAR_DTYPES.items()}, VT_STRING: 8, VT_ARRAY: 12}
-
-# ggml type id -> (name, elements per block, bytes per block); ggml.h / gguf-py constants.
-# Ids 4, 5, 31-33 and 36-38 were removed from ggml and are rejected like unknown ids.
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 40),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66),
-    17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18),
-    21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1),
-    25: ("I16", 1, 2),
-    26: ("I32", 1, 4),
-    27: ("I64", 1, 8),
-    28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2),
-    34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17),
-}
 
 _HEADER = struct.Struct("<4sIQQ")
 _U32 = struct.Struct("<I")
@@ -451,25 +417,9 @@ def _check_version(path: str, version: int) -> None:
 
 
 def _open_mapping(path: str) -> tuple[mmap.mmap, int]:
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise GGUFFormatError(f"{path}: cannot open: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise GGUFFormatError(f"{path}: not a regular file")
-    if st.st_size < _HEADER.size:
-        raise GGUFFormatError(f"{path}: {st.st_size} bytes is too short for a GGUF header ({_HEADER.size})")
-    try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat above
-                raise GGUFFormatError(f"{path}: not a regular file")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except GGUFFormatError:
-        raise
-    except (OSError, ValueError) as e:
-        raise GGUFFormatError(f"{path}: cannot map: {e}") from None
+    mm = map_regular(path, "GGUF file", GGUFFormatError)
     size = len(mm)
-    if size < _HEADER.size:  # shrank since the stat above
+    if size < _HEADER.size:
         mm.close()
         raise GGUFFormatError(f"{path}: {size} bytes is too short for a GGUF header ({_HEADER.size})")
     return mm, size
@@ -514,8 +464,6 @@ def _parse(mm: mmap.mmap, size: int, path: str) -> GGUFFile:
 _GLOBAL_TENSORS = {"token_embd": "tok_embd", "output_norm": "output_norm", "output": "output"}
 _KEPT_QUANT = {"Q4_0": "q4_0", "Q8_0": "q8_0"}
 _DEQUANTIZED = frozenset({"Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"})
-# end-of-generation tokens recognised by their text, as llama.cpp does (docs/MODEL.md, "Stop tokens")
-EOG_TOKEN_TEXTS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "<|im_end|>")
 TOKEN_TYPE_CONTROL = 3
 
 
@@ -583,7 +531,7 @@ def _eos_ids(g: GGUFFile, tokens: list[str] | None, n_vocab: int) -> tuple[int, 
             ids.append(_meta_int(g, key))
     if tokens is not None:
         types = g.metadata.get("tokenizer.ggml.token_type")
-        wanted = set(EOG_TOKEN_TEXTS)
+        wanted = set(END_OF_GENERATION_NAMES)  # recognised by their text, as llama.cpp does
         for i, text in enumerate(tokens):
             if text in wanted and (types is None or types[i] == TOKEN_TYPE_CONTROL):
                 ids.append(i)
@@ -628,32 +576,9 @@ def gguf_config(g: GGUFFile) -> LlamaConfig:
     return config
 
 
-def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Internal tensor name -> PyTorch-order shape, for every tensor a llama GGUF must hold."""
-    d, f, v = config.n_embd, config.n_ff, config.n_vocab
-    shapes: dict[str, tuple[int, ...]] = {"tok_embd": (v, d), "output_norm": (d,)}
-    if not config.tie_word_embeddings:
-        shapes["output"] = (v, d)
-    per_layer = {
-        "attn_norm": (d,),
-        "attn_q": (config.q_dim, d),
-        "attn_k": (config.kv_dim, d),
-        "attn_v": (config.kv_dim, d),
-        "attn_output": (d, config.q_dim),
-        "ffn_norm": (d,),
-        "ffn_gate": (f, d),
-        "ffn_up": (f, d),
-        "ffn_down": (d, f),
-    }
-    for i in range(config.n_layer):
-        for short, shape in per_layer.items():
-            shapes[f"blk.{i}.{short}"] = shape
-    return shapes
-
-
 def _internal_names(g: GGUFFile, config: LlamaConfig) -> dict[str, str]:
     """GGUF tensor name -> internal name; rejects unknown tensors and reports missing ones."""
-    expected = expected_shapes(config)
+    expected = tensor_shapes(config)
     mapping: dict[str, str] = {}
     for name in g.tensors:
         if name == "rope_freqs.weight":
@@ -706,10 +631,26 @@ def _convert(raw: np.ndarray, info: GGUFTensorInfo, rows: np.ndarray | None) -> 
     return Tensor(kind=kind, shape=shape, data=data)
 
 
+def _check_conversion_memory(g: GGUFFile, mapping: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> None:
+    """ResourceLimitError before converting when the tensors made in memory (dequantized to f32, or q/k rows
+    gathered) would not fit; everything else stays a view of the mapped file."""
+    made = 0
+    for gguf_name, internal in mapping.items():
+        info = g.tensors[gguf_name]
+        if info.shape != shapes[internal]:
+            continue  # gguf_tensors reports it
+        if len(info.shape) == 1 or info.type_name in _DEQUANTIZED:
+            made += 4 * info.n_elements
+        elif internal.endswith((".attn_q", ".attn_k")):
+            made += info.n_bytes
+    check_memory(Budget(made, 0, 0), context=f" (none yet: {g.path}'s tensors converted for loading)")
+
+
 def gguf_tensors(g: GGUFFile, config: LlamaConfig) -> dict[str, Tensor]:
     """Every llama tensor of `g` under its internal name, checked against `config`."""
     mapping = _internal_names(g, config)
-    shapes = expected_shapes(config)
+    shapes = tensor_shapes(config)
+    _check_conversion_memory(g, mapping, shapes)
     q_rows = hf_row_order(config.n_head, config.head_dim)
     k_rows = hf_row_order(config.n_head_kv, config.head_dim)
     out: dict[str, Tensor] = {}
@@ -747,7 +688,6 @@ __all__ = [
     "GGML_TYPES",
     "GGUFFile",
     "GGUFTensorInfo",
-    "expected_shapes",
     "gguf_config",
     "gguf_tensors",
     "hf_row_order",

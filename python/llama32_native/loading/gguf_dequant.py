@@ -12,19 +12,46 @@ from collections.abc import Callable
 
 import numpy as np
 
-# type name -> (elements per block, bytes per block); ggml-common.h block structs.
+# ggml type id -> (name, elements per block, bytes per block); ggml.h / gguf-py constants, the one table of them.
+# Ids 4, 5, 31-33 and 36-38 were removed from ggml and are rejected like unknown ids.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+}
+# type name -> (elements per block, bytes per block), for the names dequantize() reads.
+_DEQUANTIZED_NAMES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 BLOCK_LAYOUT: dict[str, tuple[int, int]] = {
-    "F32": (1, 4),
-    "F16": (1, 2),
-    "BF16": (1, 2),
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q8_0": (32, 34),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
+    name: (elems, nbytes) for name, elems, nbytes in GGML_TYPES.values() if name in _DEQUANTIZED_NAMES
 }
 
 # Blocks per chunk in dequantize(): bounds the int/float temporaries to a few MiB.
@@ -204,6 +231,6 @@ def dequantize(raw: np.ndarray, type_name: str, n_elements: int | None = None) -
     return out
 
 
-__all__ = ["BLOCK_LAYOUT", "DEQUANTIZERS", "dequantize", "bf16_to_f32"] + [
+__all__ = ["BLOCK_LAYOUT", "DEQUANTIZERS", "GGML_TYPES", "dequantize", "bf16_to_f32"] + [
     f"dequant_{name.lower()}" for name in DEQUANTIZERS
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GGUFFormatError
-from .open import Checkpoint
+from . import Checkpoint
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 _CONTROL, _USER_DEFINED = 3, 4

@@ -7,7 +7,6 @@ are refused and never opened. Every failure is a ModelLoadError subclass naming 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -19,19 +18,21 @@ from ..config import LlamaConfig
 from ..errors import (
     MissingTensorError,
     ModelLoadError,
+    ModelNotFoundError,
     NonFiniteWeightsError,
     TensorShapeError,
     UnexpectedTensorError,
     UnsupportedDTypeError,
 )
+from ..files import PICKLE_SUFFIXES, detect_format, os_error, read_json, regular_size, sniff
+from ..schema import tensor_shapes
 from . import Tensor
-from .safetensors import MAX_JSON_DEPTH, SafetensorsFile, json_depth
+from .safetensors import SafetensorsFile
 
 CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 MAX_INDEX_BYTES = 64 << 20  # a 3B index is ~25 kB
-PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 
 _KINDS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
 
@@ -54,31 +55,6 @@ _GLOBAL_NAMES = {
 }
 _LAYER_RE = re.compile(r"model\.layers\.(0|[1-9][0-9]{0,8})\.(.+)")
 _IGNORED_RE = re.compile(r"(.+\.)?rotary_emb\.inv_freq")
-
-
-def expected_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Internal name -> shape for every tensor of the architecture (output only when untied)."""
-    d, f, v = cfg.n_embd, cfg.n_ff, cfg.n_vocab
-    shapes: dict[str, tuple[int, ...]] = {"tok_embd": (v, d)}
-    for i in range(cfg.n_layer):
-        p = f"blk.{i}."
-        shapes.update(
-            {
-                p + "attn_norm": (d,),
-                p + "attn_q": (cfg.q_dim, d),
-                p + "attn_k": (cfg.kv_dim, d),
-                p + "attn_v": (cfg.kv_dim, d),
-                p + "attn_output": (d, cfg.q_dim),
-                p + "ffn_norm": (d,),
-                p + "ffn_gate": (f, d),
-                p + "ffn_up": (f, d),
-                p + "ffn_down": (d, f),
-            }
-        )
-    shapes["output_norm"] = (d,)
-    if not cfg.tie_word_embeddings:
-        shapes["output"] = (v, d)
-    return shapes
 
 
 def internal_name(hf_name: str, n_layer: int) -> str | None:
@@ -132,32 +108,9 @@ def _shard_path(directory: str, shard: Any, index_path: str) -> str:
     return os.path.join(directory, *parts)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _read_index(directory: str, index_path: str) -> dict[str, str]:
     """weight_map of a sharded checkpoint: tensor name -> shard path."""
-    if not os.path.isfile(index_path):  # never open a FIFO or device (it could block)
-        raise ModelLoadError(f"{index_path}: not a regular file")
-    try:
-        size = os.stat(index_path).st_size
-        if size > MAX_INDEX_BYTES:
-            raise ModelLoadError(f"{index_path}: {size} bytes is too large for an index")
-        with open(index_path, "rb") as f:
-            raw = f.read()
-        if json_depth(raw) > MAX_JSON_DEPTH:
-            raise ModelLoadError(f"{index_path}: JSON nested more than {MAX_JSON_DEPTH} deep")
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except ModelLoadError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelLoadError(f"{index_path}: cannot read index: {e}") from None
+    obj = read_json(index_path, MAX_INDEX_BYTES, "index")
     wm = obj.get("weight_map") if isinstance(obj, dict) else None
     if not isinstance(wm, dict):
         raise ModelLoadError(f"{index_path}: expected an object with a 'weight_map' object")
@@ -175,7 +128,10 @@ def _locate(path: str) -> tuple[str, list[str], dict[str, str] | None]:
         if os.path.lexists(index):
             weight_map = _read_index(directory, index)
             return directory, sorted(set(weight_map.values())), weight_map
-        found = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+        try:
+            found = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+        except OSError as e:
+            raise os_error(directory, e) from None
         if len(found) == 1:
             return directory, [os.path.join(directory, found[0])], None
         if len(found) > 1:
@@ -188,23 +144,18 @@ def _locate(path: str) -> tuple[str, list[str], dict[str, str] | None]:
         raise ModelLoadError(f"{directory}: no {SINGLE_NAME}, {INDEX_NAME} or other .safetensors file")
     if path.endswith(PICKLE_SUFFIXES):
         _refuse_pickle(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.endswith(".index.json"):
-        directory = os.path.dirname(path) or "."
+    size = regular_size(path, "model file")
+    directory = os.path.dirname(path) or "."
+    if detect_format(sniff(path), size) == "json":
         weight_map = _read_index(directory, path)
         return directory, sorted(set(weight_map.values())), weight_map
-    if not path.endswith(".safetensors"):
-        raise ModelLoadError(f"{path}: expected a model directory or a .safetensors file")
-    return os.path.dirname(path) or ".", [path], None
+    return directory, [path], None
 
 
 def _load_config(directory: str) -> LlamaConfig:
     cfg_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.lexists(cfg_path):
         raise ModelLoadError(f"{directory}: no {CONFIG_NAME} (needed next to the safetensors weights)")
-    if not os.path.isfile(cfg_path):  # never open a FIFO or device (it could block)
-        raise ModelLoadError(f"{cfg_path}: not a regular file")
     return LlamaConfig.from_json_file(cfg_path)
 
 
@@ -257,7 +208,7 @@ def check_finite(t: Tensor, where: str) -> None:
 
 
 def _hf_names(cfg: LlamaConfig) -> dict[str, str]:
-    """Internal name -> HF name, for every tensor expected_shapes lists."""
+    """Internal name -> HF name, for every tensor of the schema."""
     out = {v: k for k, v in _GLOBAL_NAMES.items()}
     for i in range(cfg.n_layer):
         out.update({f"blk.{i}.{v}": f"model.layers.{i}.{k}" for k, v in _LAYER_NAMES.items()})
@@ -265,7 +216,7 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, str]:
 
 
 def _build(cfg: LlamaConfig, owner: dict[str, SafetensorsFile], check_tensors: bool) -> dict[str, Tensor]:
-    shapes = expected_shapes(cfg)
+    shapes = tensor_shapes(cfg)
     found: dict[str, tuple[str, SafetensorsFile]] = {}
     for hf_name, sf in owner.items():
         name = internal_name(hf_name, cfg.n_layer)
@@ -309,7 +260,7 @@ def load_hf_dir(
         for p in shard_paths:
             try:
                 files.append(SafetensorsFile(p))
-            except FileNotFoundError:
+            except ModelNotFoundError:
                 if weight_map is None:
                     raise
                 raise MissingTensorError(f"{p}: shard file named in {INDEX_NAME} is missing") from None
@@ -322,4 +273,4 @@ def load_hf_dir(
     return cfg, tensors, files
 
 
-__all__ = ["check_finite", "expected_shapes", "internal_name", "load_hf_dir"]
+__all__ = ["check_finite", "internal_name", "load_hf_dir"]

@@ -1,55 +1,55 @@
-"""open_checkpoint: the one entry that recognizes a path (HF directory, .gguf, saved model) and opens it."""
+"""open_checkpoint: the one entry that recognizes a path (HF directory, GGUF, safetensors, saved model) and opens it.
+
+Contract: formats are told apart by their first bytes; whatever the path is, the answer is a Checkpoint or a
+ModelLoadError subclass (ModelNotFoundError for a missing path) naming the path and what it looks like.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Callable
+import stat
 
-from ..config import LlamaConfig
-from ..errors import ModelLoadError
-from . import Tensor
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    config: LlamaConfig
-    tensors: dict[str, Tensor]
-    tokenizer: Any = None
-    chat_format: Any = None
-    plan: dict[str, str] | None = None  # in-memory types fixed by the file (saved models)
-    quant: str | None = None
-    closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
-
-    def close(self) -> None:
-        for c in self.closers:
-            c()
-        self.closers.clear()
-
-
-_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".ckpt")
+from ..errors import InvalidArgumentTypeError, ModelLoadError, ModelNotFoundError
+from ..files import PICKLE_SUFFIXES, describe_content, detect_format, os_error, sniff
+from . import Checkpoint
 
 
 def open_checkpoint(path: str | os.PathLike, check_tensors: bool = False) -> Checkpoint:
+    """Open a model directory or file, recognizing the format by its content, never by its name."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentTypeError(f"a model path must be a str or os.PathLike, got {type(path).__name__}")
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise ModelLoadError(f"{p}: no such file or directory")
-    if os.path.isdir(p):
+    if not isinstance(p, str):
+        raise InvalidArgumentTypeError(f"a model path must be text, got {type(p).__name__}")
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise os_error(p, e) from None
+    except ValueError as e:  # an embedded NUL
+        raise ModelNotFoundError(f"{p!r}: invalid path ({e})") from None
+    if stat.S_ISDIR(st.st_mode):
         return _open_hf(p, check_tensors)
-    if not os.path.isfile(p):  # a FIFO, device or socket would block or never end: never read one
-        raise ModelLoadError(f"{p}: not a regular file or directory")
-    if p.endswith(".json"):  # model.safetensors.index.json
-        return _open_hf(p, check_tensors)
-    if p.endswith(_PICKLE_SUFFIXES):
+    if not stat.S_ISREG(st.st_mode):  # a FIFO, device or socket would block or never end: never read one
+        raise ModelLoadError(f"{p}: not a regular file or directory (mode {stat.filemode(st.st_mode)})")
+    if p.endswith(PICKLE_SUFFIXES):
         raise ModelLoadError(f"{p}: pickle checkpoints are never loaded (they can run code); convert to safetensors")
-    with open(p, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
+    head = sniff(p)
+    fmt = detect_format(head, st.st_size)
+    if fmt == "gguf":
         from .gguf_model import open_gguf
 
         return open_gguf(p)
-    from .safetensors import SafetensorsFile
+    if fmt == "json":  # model.safetensors.index.json
+        return _open_hf(p, check_tensors)
+    if fmt != "safetensors":
+        expected = {".gguf": "a GGUF", ".safetensors": "a safetensors", ".json": "a JSON"}.get(
+            os.path.splitext(p)[1].lower(), "a model")
+        raise ModelLoadError(
+            f"{p}: not {expected} file (it looks like {describe_content(head)}); expected a GGUF file, a safetensors "
+            "file (a Hugging Face checkpoint or one written by Model.save) or a model directory"
+        )
     from .native import is_native_file, load_native
+    from .safetensors import SafetensorsFile
 
     sf = SafetensorsFile(p)
     if is_native_file(sf):

@@ -12,8 +12,6 @@ import json
 import math
 import mmap
 import os
-import re
-import stat
 import struct
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -21,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelLoadError, SafetensorsFormatError, UnsupportedDTypeError
+from ..errors import MissingTensorError, ModelLoadError, SafetensorsFormatError, UnsupportedDTypeError
+from ..files import json_depth, map_regular, parse_json
 
 # ref: huggingface/safetensors safetensors/src/tensor.rs MAX_HEADER_SIZE
 MAX_HEADER_SIZE = 100_000_000
@@ -105,23 +104,6 @@ class Entry:
 # ----------------------------------------------------------------------------- header parsing
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not JSON")
-
-
 def _is_u64(v: Any) -> bool:
     return type(v) is int and 0 <= v <= _U64_MAX
 
@@ -131,44 +113,6 @@ def _check_text(s: str, what: str) -> None:
         s.encode("utf-8")
     except UnicodeEncodeError:
         raise SafetensorsFormatError(f"{what} {s!r} is not valid Unicode (lone surrogate)") from None
-
-
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKET_STEP = np.zeros(256, dtype=np.int8)
-_BRACKET_STEP[list(b"[{")] = 1
-_BRACKET_STEP[list(b"]}")] = -1
-
-
-def _bracket_depth(text: bytes, chunk: int = 1 << 20) -> int:
-    codes = np.frombuffer(text, dtype=np.uint8)
-    depth = peak = 0
-    for start in range(0, codes.size, chunk):
-        running = np.cumsum(_BRACKET_STEP[codes[start : start + chunk]], dtype=np.int64) + depth
-        peak = max(peak, int(running.max()))
-        depth = int(running[-1])
-    return peak
-
-
-def json_depth(raw: bytes, limit: int = MAX_JSON_DEPTH) -> int:
-    """Deepest [ / { nesting of a JSON text (brackets inside strings ignored); linear, no recursion.
-
-    Exact whenever the result exceeds `limit`; otherwise it may be an upper bound <= limit.
-    """
-    upper = _bracket_depth(raw)  # counts brackets inside strings too: an upper bound
-    if upper <= limit:
-        return upper
-    return _bracket_depth(_JSON_STRING.sub(b'""', raw))
-
-
-def _decode_json(text: str) -> Any:
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except _DuplicateKey as e:
-        raise SafetensorsFormatError(f"duplicate key {e.args[0]!r} in header") from None
-    except RecursionError:
-        raise SafetensorsFormatError("header JSON is nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, int digit limit, NaN/Infinity
-        raise SafetensorsFormatError(f"header is not valid JSON: {e}") from None
 
 
 def _parse_metadata(value: Any) -> dict[str, str]:
@@ -264,14 +208,7 @@ def parse_header(buf: bytes, file_size: int) -> tuple[dict[str, Entry], dict[str
         raise SafetensorsFormatError(f"buffer holds {len(raw)} header bytes, header length says {n}")
     if raw[:1] != b"{":
         raise SafetensorsFormatError(f"header must start with '{{', got {raw[:1]!r}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SafetensorsFormatError(f"header is not UTF-8: {e}") from None
-    depth = json_depth(raw)
-    if depth > MAX_JSON_DEPTH:
-        raise SafetensorsFormatError(f"header JSON nests {depth} deep (at most {MAX_JSON_DEPTH} allowed)")
-    obj = _decode_json(text)
+    obj = parse_json(raw, "header", SafetensorsFormatError, MAX_JSON_DEPTH)
     if not isinstance(obj, dict):  # unreachable after the '{' check; kept for clarity
         raise SafetensorsFormatError("header must be a JSON object")
     metadata: dict[str, str] = {}
@@ -288,22 +225,6 @@ def parse_header(buf: bytes, file_size: int) -> tuple[dict[str, Entry], dict[str
 # ----------------------------------------------------------------------------- reading
 
 
-def _open_regular(path: str) -> tuple[int, int]:
-    """Open a regular file read-only without ever blocking on a FIFO or reading a device."""
-    st = os.stat(path)  # follows symlinks (HF caches are symlink farms); ELOOP -> OSError
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelLoadError(f"{path}: not a regular file (mode {stat.filemode(st.st_mode)})")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st2 = os.fstat(fd)
-        if not stat.S_ISREG(st2.st_mode):  # swapped between stat and open
-            raise ModelLoadError(f"{path}: not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st2.st_size
-
-
 class SafetensorsFile:
     """A validated, read-only memory map of one .safetensors file.
 
@@ -317,19 +238,11 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         self._mm: mmap.mmap | None = None
-        fd, size = _open_regular(self.path)
-        try:
-            if size < 8:
-                raise SafetensorsFormatError(f"{self.path}: file is {size} bytes, too short for safetensors")
-            self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except (ValueError, OSError) as e:
-            if isinstance(e, ModelLoadError):
-                raise
-            raise ModelLoadError(f"{self.path}: cannot map file: {e}") from None
-        finally:
-            os.close(fd)  # mmap keeps its own descriptor
+        self._mm = map_regular(self.path, "safetensors file", empty_cls=SafetensorsFormatError)
         try:
             self.file_size = len(self._mm)
+            if self.file_size < 8:
+                raise SafetensorsFormatError(f"file is {self.file_size} bytes, too short for safetensors")
             self.header_size = header_length(self._mm[:8], self.file_size)
             self.entries, self.metadata = parse_header(self._mm[: 8 + self.header_size], self.file_size)
         except SafetensorsFormatError as e:
@@ -339,10 +252,6 @@ class SafetensorsFile:
             self.close()
             raise
         self.data_offset = 8 + self.header_size
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SafetensorsFile:
-        return cls(path)
 
     # ------------------------------------------------------------------ access
     def __contains__(self, name: str) -> bool:
@@ -354,11 +263,11 @@ class SafetensorsFile:
     def array(self, name: str) -> np.ndarray:
         """Zero-copy read-only view of one tensor (BF16 as uint16 bits)."""
         if self._mm is None:
-            raise ValueError(f"{self.path}: SafetensorsFile is closed")
+            raise ModelLoadError(f"{self.path}: SafetensorsFile is closed")
         try:
             e = self.entries[name]
         except KeyError:
-            raise KeyError(f"{self.path}: no tensor {name!r}") from None
+            raise MissingTensorError(f"{self.path}: no tensor {name!r}") from None
         np_dtype = DTYPES[e.dtype].numpy
         if np_dtype is None:
             raise UnsupportedDTypeError(f"{self.path}: tensor {name!r} has dtype {e.dtype}, which has no numpy type")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
+from .. import schema
 from ..config import LlamaConfig
-from . import BLOCK_BYTES, Tensor
+from ..memory import Budget, check_memory
+from . import GeneratedTensors, Tensor
 
 WEIGHT_STD = 0.02
 
@@ -15,7 +17,7 @@ WEIGHT_STD = 0.02
 def _random_blocks(rng: np.random.Generator, rows: int, cols: int, kind: str) -> np.ndarray:
     """Plain ggml blocks with uniform random codes and a scale that gives values of std ~0.02."""
     nb = cols // 32
-    bb = BLOCK_BYTES[kind]
+    bb = schema.BLOCK_BYTES[kind]
     out = rng.integers(0, 256, size=(rows, nb, bb), dtype=np.uint8)
     if kind == "q8_0":
         out[:, :, 2:] = np.where(out[:, :, 2:] == 128, 129, out[:, :, 2:])  # codes in [-127, 127]
@@ -26,44 +28,37 @@ def _random_blocks(rng: np.random.Generator, rows: int, cols: int, kind: str) ->
     return out.reshape(rows, nb * bb)
 
 
-class GeneratedTensors(dict[str, Tensor]):
-    """Tensors that exist only to be loaded: a Model empties this dict as the engine takes each one, so random
-    f32 weights are never held twice (the 3B in f32 is 12.9 GB: two copies would not fit in 24 GiB)."""
-
-
 def random_tensors(config: LlamaConfig, plan: Mapping[str, str], seed: int = 0) -> GeneratedTensors:
-    """Every tensor of `config` in the format `plan` names for it (f32 for anything unnamed)."""
-    from ..model import matrix_names, vector_names
+    """Every tensor of `config` in the format `plan` names for it (f32 for anything unnamed).
 
+    Raises ResourceLimitError before drawing anything when the tensors would not fit in memory.
+    """
+    specs = schema.tensor_specs(config)
+    kinds = {s.name: _kind(plan.get(s.name, "f32"), s.shape) if s.role == schema.MATRIX else "f32" for s in specs}
+    check_memory(Budget(sum(schema.data_nbytes(kinds[s.name], s.shape) for s in specs), 0, 0),
+                 context=" (none yet: these are the random weights themselves)")
     rng = np.random.default_rng(seed)
-    c = config
-    shapes = {
-        "tok_embd": (c.n_vocab, c.n_embd),
-        "output": (c.n_vocab, c.n_embd),
-    }
-    for i in range(c.n_layer):
-        shapes.update({
-            f"blk.{i}.attn_q": (c.q_dim, c.n_embd),
-            f"blk.{i}.attn_k": (c.kv_dim, c.n_embd),
-            f"blk.{i}.attn_v": (c.kv_dim, c.n_embd),
-            f"blk.{i}.attn_output": (c.n_embd, c.q_dim),
-            f"blk.{i}.ffn_gate": (c.n_ff, c.n_embd),
-            f"blk.{i}.ffn_up": (c.n_ff, c.n_embd),
-            f"blk.{i}.ffn_down": (c.n_embd, c.n_ff),
-        })
     out = GeneratedTensors()
     half_width = WEIGHT_STD * np.sqrt(3.0)  # uniform [-a, a] has std a/sqrt(3)
-    for name in matrix_names(c):
-        rows, cols = shapes[name]
-        kind = plan.get(name, "f32")
-        if kind in BLOCK_BYTES and cols % 32 == 0:
-            out[name] = Tensor(kind, (rows, cols), _random_blocks(rng, rows, cols, kind))
+    for spec in specs:
+        kind = kinds[spec.name]
+        if spec.role == schema.VECTOR:
+            out[spec.name] = Tensor("f32", spec.shape, np.ones(spec.shape, dtype=np.float32))
+            continue
+        rows, cols = spec.shape
+        if kind in schema.BLOCK_BYTES:
+            out[spec.name] = Tensor(kind, spec.shape, _random_blocks(rng, rows, cols, kind))
             continue
         values = rng.random((rows, cols), dtype=np.float32) * np.float32(2 * half_width) - np.float32(half_width)
         if kind == "bf16":
-            out[name] = Tensor("bf16", (rows, cols), (values.view(np.uint32) >> 16).astype(np.uint16))
+            out[spec.name] = Tensor("bf16", spec.shape, (values.view(np.uint32) >> 16).astype(np.uint16))
         else:
-            out[name] = Tensor("f32", (rows, cols), values)
-    for name in vector_names(c):
-        out[name] = Tensor("f32", (c.n_embd,), np.ones(c.n_embd, dtype=np.float32))
+            out[spec.name] = Tensor("f32", spec.shape, values)
     return out
+
+
+def _kind(target: str, shape: tuple[int, ...]) -> str:
+    """The kind drawn for a matrix planned as `target` (quantized only when rows are whole blocks)."""
+    if target in schema.BLOCK_BYTES:
+        return target if shape[1] % schema.QK == 0 else "f32"
+    return "bf16" if target == "bf16" else "f32"
