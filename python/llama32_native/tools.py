@@ -15,7 +15,8 @@ parser. Formats, at token level through chat.py:
   </tool_call>`` (several: one block per call); a result is a user turn ``<tool_response>\\n...\\n</tool_response>``.
 
 `auto` parses the free reply and falls back to plain content when it is not a well-formed call of a known tool;
-`none` leaves the tools out of the prompt.
+`none` leaves the tools out of the prompt. A forced call fills only the declared arguments when the tool's schema
+does not say `additionalProperties` (as OpenAI's strict mode).
 """
 
 from __future__ import annotations
@@ -220,7 +221,9 @@ def _history_calls(msg: Mapping[str, Any], i: int) -> list[tuple[str, Any]]:
 
 
 def _call_schema(tool: Tool, args_key: str) -> dict[str, Any]:
-    params = tool.parameters or {"type": "object"}
+    params = dict(tool.parameters or {"type": "object"})
+    if "properties" in params and "additionalProperties" not in params:
+        params["additionalProperties"] = False  # a forced call fills the declared arguments only (as OpenAI's strict)
     return {"type": "object", "properties": {"name": {"const": tool.name}, args_key: params},
             "required": ["name", args_key], "additionalProperties": False}
 
