@@ -235,3 +235,16 @@ def test_tool_stream_chatml_content_then_call() -> None:
     assert rest == "" and reply.tool_calls[0].name == "get_time" and reply.content == "Let me check."
     sent, reply = _stream(plan, ["a <", "b> c"])
     assert sent == "a <b> c" and reply.tool_calls == []
+
+
+def test_forced_call_fills_declared_arguments_only() -> None:
+    """Without additionalProperties in the tool's schema, a forced call still holds the declared keys only."""
+    tok = llama3_tokenizer()
+    loose = {"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string", "maxLength": 8}}, "required": ["q"]}}}
+    plan = tools.plan_chat(_llama3_model(), [{"role": "user", "content": "hi"}], tools=[loose], tool_choice="required")
+    lltok = constrained.ll_tokenizer(tok, [128009])
+    for seed in range(3):
+        proc = constrained.GrammarProcessor(lltok, constrained.compile_grammar(plan.grammar, lltok), tok.n_vocab)
+        reply = plan.parse(tok.decode(_drive(proc, {128009}, seed)))
+        assert reply.finish_reason == "tool_calls" and set(reply.tool_calls[0].args) == {"q"}
