@@ -37,11 +37,11 @@ size_t expected_bytes(WType t, const std::vector<int64_t>& shape) {
         case WType::F16:
         case WType::BF16: return size_t(n) * 2;
         case WType::Q8_0:
-            L32_CHECK(last % QK == 0, "q8_0 rows must be a multiple of 32 wide");
-            return size_t(n / QK) * sizeof(block_q8_0);
         case WType::Q4_0:
-            L32_CHECK(last % QK == 0, "q4_0 rows must be a multiple of 32 wide");
-            return size_t(n / QK) * sizeof(block_q4_0);
+        case WType::Q4_1:
+        case WType::IQ4_NL:
+            L32_CHECK(last % QK == 0, std::string(wtype_name(t)) + " rows must be a multiple of 32 wide");
+            return size_t(n / QK) * plain_block_bytes(t);
     }
     return 0;
 }
@@ -180,7 +180,7 @@ PYBIND11_MODULE(_core, m) {
              })
         .def("tensor",
              [](const Engine& e, const std::string& name) -> py::tuple {
-                 // The in-memory data in a portable form: plain ggml blocks for q8_0/q4_0, elements otherwise.
+                 // The in-memory data in a portable form: plain ggml blocks for the quantized types, elements otherwise.
                  const TensorSpec* spec = e.spec(name);
                  if (spec && spec->kind == TensorKind::Vector) {
                      const std::vector<float>& v = e.vector(name);
@@ -191,7 +191,7 @@ PYBIND11_MODULE(_core, m) {
                  const Matrix& mat = e.matrix(name);
                  const std::string kind = wtype_name(mat.type);
                  if (mat.quantized()) {
-                     const size_t bs = mat.type == WType::Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+                     const size_t bs = plain_block_bytes(mat.type);
                      py::array_t<uint8_t> a({mat.rows, mat.blocks_per_row() * int64_t(bs)});
                      unpack_rows(mat, a.mutable_data());
                      return py::make_tuple(kind, a);

@@ -12,7 +12,7 @@
 
 namespace l32 {
 
-// Bytes of a tensor of type t and this shape (elements, or plain ggml blocks for q8_0/q4_0); throws Error on a
+// Bytes of a tensor of type t and this shape (elements, or plain ggml blocks for the quantized types); throws Error on a
 // negative or absurd size or a quantized row width that is not a multiple of 32.
 size_t expected_bytes(WType t, const std::vector<int64_t>& shape);
 // A C-contiguous buffer's pointer after checking it holds exactly `bytes` bytes.

@@ -35,13 +35,15 @@ const IsaEntry kIsas[] = {
 
 std::vector<const char*> missing_kernels(const KernelTable& t) {
     // Each entry by name; a new KernelTable entry must be added here (the size check below fails until it is).
-    static_assert(sizeof(KernelTable) == 12 * sizeof(void*), "KernelTable changed: update missing_kernels()");
+    static_assert(sizeof(KernelTable) == 14 * sizeof(void*), "KernelTable changed: update missing_kernels()");
     const std::pair<const char*, bool> required[] = {
         {"name", t.name != nullptr},
         {"dot_f32", t.dot_f32 != nullptr},
         {"dot_bf16", t.dot_bf16 != nullptr},
         {"gemm_q8_0", t.gemm_q8_0 != nullptr},
         {"gemm_q4_0", t.gemm_q4_0 != nullptr},
+        {"gemm_q4_1", t.gemm_q4_1 != nullptr},
+        {"gemm_iq4_nl", t.gemm_iq4_nl != nullptr},
         // gemm_f32, gemm_bf16: optional (nullptr: matmul uses dot_f32 / dot_bf16)
         {"kv_to_f32", t.kv_to_f32 != nullptr},
         {"attn_block", t.attn_block != nullptr},

@@ -79,6 +79,14 @@ struct KernelTable {
                       float* y, int64_t ldy) = nullptr;
     void (*gemm_q4_0)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
                       float* y, int64_t ldy) = nullptr;
+    // The same for Q4_1 and IQ4_NL panels, bit-exact across ISAs (quant.py's gemm_reference is the spec): per row and
+    // block b in order, isum = sum_k q[r,b,k] * xq[t,b,k] (q: the nibble, or IQ4_GRID[nibble]), v = float(isum) * dx
+    // (one f32 rounding), acc = fma(dw, v, acc), and for Q4_1 then acc = fma(m, s, acc) with the activation block sum
+    // s. Q4_1 scales: 32 a block (16 d, 16 m; formats.h).
+    void (*gemm_q4_1)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                      float* y, int64_t ldy) = nullptr;
+    void (*gemm_iq4_nl)(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                        float* y, int64_t ldy) = nullptr;
 
     // y[t * ldy + r] = dot(weight row r, activation row t) for r < rows (<= FGEMM_ROWS), t < nt (<= FGEMM_NT); weight
     // rows are wstride elements apart, activation rows (x.f) x.stride floats apart. bf16 weights are widened

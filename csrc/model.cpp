@@ -134,17 +134,21 @@ static void source_row_f32(WType src, const void* data, int64_t row, int64_t col
             for (int64_t i = 0; i < cols; ++i) out[i] = bf16_to_f32(p[i]);
             break;
         }
-        case WType::Q8_0: dequantize_row_q8_0(static_cast<const block_q8_0*>(data) + row * (cols / QK), out, cols); break;
-        case WType::Q4_0: dequantize_row_q4_0(static_cast<const block_q4_0*>(data) + row * (cols / QK), out, cols); break;
+        case WType::Q8_0:
+        case WType::Q4_0:
+        case WType::Q4_1:
+        case WType::IQ4_NL:
+            dequantize_row_plain(src, static_cast<const uint8_t*>(data) + size_t(row * (cols / QK)) * plain_block_bytes(src),
+                                 out, cols);
+            break;
     }
 }
 
 void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void* data, WType target,
                     int n_threads) {
-    L32_CHECK(target == WType::F32 || target == WType::BF16 || target == WType::Q8_0 || target == WType::Q4_0,
-              "in-memory matrix type must be f32, bf16, q8_0 or q4_0");
-    const bool quant_src = src == WType::Q8_0 || src == WType::Q4_0;
-    const bool quant_dst = target == WType::Q8_0 || target == WType::Q4_0;
+    L32_CHECK(target != WType::F16, "in-memory matrix type must be f32, bf16, q8_0, q4_0, q4_1 or iq4_nl");
+    const bool quant_src = is_quantized(src);
+    const bool quant_dst = is_quantized(target);
     L32_CHECK(!(quant_src || quant_dst) || cols % QK == 0,
               "width " + std::to_string(cols) + " is not a multiple of 32 (needed by " +
                   (quant_src ? wtype_name(src) : wtype_name(target)) + ")");
@@ -156,43 +160,35 @@ void convert_matrix(Matrix& m, int64_t rows, int64_t cols, WType src, const void
         m.scales.resize(m.scales_bytes());
         zero_panels(m);
     }
-    const int64_t nb = cols / QK;
     const size_t row_bytes = m.row_bytes();
+    const size_t plain_row = quant_dst ? size_t(cols / QK) * plain_block_bytes(target) : 0;
     uint8_t* dst = m.data.as<uint8_t>();
 
-    // Rows convert independently; each thread keeps one f32 row and one row of blocks. Quantized rows of one panel
-    // share cache lines but never bytes.
+    // Rows convert independently; each thread keeps one f32 row and one row of plain blocks. Quantized rows of one
+    // panel share cache lines but never bytes.
 #pragma omp parallel num_threads(n_threads)
     {
         std::vector<float> tmp(static_cast<size_t>(cols));
-        std::vector<block_q8_0> b8(static_cast<size_t>(nb));
-        std::vector<block_q4_0> b4(static_cast<size_t>(nb));
+        std::vector<uint8_t> blocks_buf(plain_row);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-            const void* blocks = nullptr;  // row r as ggml blocks of the target type
-            if (src == target && quant_src)  // q8_0 -> q8_0, q4_0 -> q4_0: the source blocks as they are
-                blocks = src == WType::Q8_0 ? static_cast<const void*>(static_cast<const block_q8_0*>(data) + r * nb)
-                                            : static_cast<const void*>(static_cast<const block_q4_0*>(data) + r * nb);
-            if (src == target && !quant_src) {  // f32 -> f32, bf16 -> bf16: plain copy
+            if (src == target && quant_src) {  // plain blocks of the same type: stored as they are, bit for bit
+                store_row(m, r, static_cast<const uint8_t*>(data) + size_t(r) * plain_row);
+                continue;
+            }
+            if (src == target) {  // f32 -> f32, bf16 -> bf16: plain copy
                 std::memcpy(dst + size_t(r) * row_bytes, static_cast<const uint8_t*>(data) + size_t(r) * row_bytes, row_bytes);
                 continue;
             }
-            if (src != target || !quant_src) {
-                source_row_f32(src, data, r, cols, tmp.data());
-                if (target == WType::Q8_0) quantize_row_q8_0_ref(tmp.data(), b8.data(), cols);
-                if (target == WType::Q4_0) quantize_row_q4_0_ref(tmp.data(), b4.data(), cols);
-                blocks = target == WType::Q8_0 ? static_cast<const void*>(b8.data()) : static_cast<const void*>(b4.data());
-            }
-            switch (target) {
-                case WType::F32: std::memcpy(dst + size_t(r) * row_bytes, tmp.data(), size_t(cols) * 4); break;
-                case WType::BF16: {
-                    uint16_t* o = reinterpret_cast<uint16_t*>(dst + size_t(r) * row_bytes);
-                    for (int64_t i = 0; i < cols; ++i) o[i] = f32_to_bf16(tmp[size_t(i)]);
-                    break;
-                }
-                case WType::Q8_0:
-                case WType::Q4_0: store_row(m, r, blocks); break;
-                case WType::F16: break;
+            source_row_f32(src, data, r, cols, tmp.data());
+            if (quant_dst) {
+                quantize_row_ref(target, tmp.data(), blocks_buf.data(), cols);
+                store_row(m, r, blocks_buf.data());
+            } else if (target == WType::F32) {
+                std::memcpy(dst + size_t(r) * row_bytes, tmp.data(), size_t(cols) * 4);
+            } else {  // BF16
+                uint16_t* o = reinterpret_cast<uint16_t*>(dst + size_t(r) * row_bytes);
+                for (int64_t i = 0; i < cols; ++i) o[i] = f32_to_bf16(tmp[size_t(i)]);
             }
         }
     }

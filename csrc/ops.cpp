@@ -38,7 +38,9 @@ void MatmulInput::prepare(const KernelTable& k, const float* x_, int64_t T_, int
 static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInput& in, float* y, int64_t ldy,
                          int n_threads) {
     const int64_t K = w.cols, T = in.T, nb = K / QK, n_panels = w.panels();
-    const auto gemm = w.type == WType::Q4_0 ? k.gemm_q4_0 : k.gemm_q8_0;
+    const auto gemm = w.type == WType::Q4_0 ? k.gemm_q4_0 : w.type == WType::Q4_1 ? k.gemm_q4_1
+                      : w.type == WType::IQ4_NL ? k.gemm_iq4_nl : k.gemm_q8_0;
+    const int64_t panel_scales = nb * PANEL_ROWS * scale_planes(w.type);  // f16 scales per panel
     const size_t panel_bytes = size_t(nb) * w.panel_block_bytes();
     const uint8_t* codes = w.data.as<uint8_t>();
     const uint16_t* scales = w.scales.as<uint16_t>();
@@ -59,7 +61,7 @@ static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInpu
             for (int64_t p = p0; p < p1; p += call_panels) {
                 const int64_t r0 = p * PANEL_ROWS;
                 const int64_t rows = std::min({call_panels * PANEL_ROWS, (p1 - p) * PANEL_ROWS, w.rows - r0});
-                gemm(nb, codes + size_t(p) * panel_bytes, scales + p * nb * PANEL_ROWS, xt, nt, int(rows),
+                gemm(nb, codes + size_t(p) * panel_bytes, scales + p * panel_scales, xt, nt, int(rows),
                      y + t * ldy + r0, ldy);
             }
         }

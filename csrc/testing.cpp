@@ -119,15 +119,9 @@ void register_testing(py::module_& core) {
         L32_CHECK(x.ndim() == 2 && x.shape(1) % QK == 0, "x must be [rows, cols] with cols a multiple of 32");
         const int64_t rows = x.shape(0), cols = x.shape(1);
         const WType t = wtype_from_name(kind);
-        L32_CHECK(t == WType::Q8_0 || t == WType::Q4_0, "quantize: kind must be q8_0 or q4_0");
-        const size_t bs = t == WType::Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
-        py::array_t<uint8_t> out({rows, cols / QK * int64_t(bs)});
-        for (int64_t r = 0; r < rows; ++r) {
-            if (t == WType::Q8_0)
-                quantize_row_q8_0_ref(x.data() + r * cols, reinterpret_cast<block_q8_0*>(out.mutable_data(r, 0)), cols);
-            else
-                quantize_row_q4_0_ref(x.data() + r * cols, reinterpret_cast<block_q4_0*>(out.mutable_data(r, 0)), cols);
-        }
+        L32_CHECK(is_quantized(t), "quantize: kind must be q8_0, q4_0, q4_1 or iq4_nl");
+        py::array_t<uint8_t> out({rows, cols / QK * int64_t(plain_block_bytes(t))});
+        for (int64_t r = 0; r < rows; ++r) quantize_row_ref(t, x.data() + r * cols, out.mutable_data(r, 0), cols);
         return out;
     });
     m.def("kernel_attend", [](const std::string& isa, const std::string& kv_type, const f32_array& q,

@@ -125,6 +125,23 @@ void check_quant_gemm(const KernelTable& k, int64_t n, int nt, int rows) {
     }
 }
 
+// Q4_1 / IQ4_NL (kernels.h): bit-exact with scalar, on random codes and scales (Q4_1: two planes, signed mins).
+void check_q4x_gemm(const KernelTable& k, int64_t n, int nt, int rows) {
+    const Acts a = make_acts(n, nt);
+    const int64_t nb = n / 32;
+    std::vector<uint16_t> sc = f16_scales(2 * nb * PANEL_ROWS * 2);
+    for (size_t i = 0; i < sc.size(); i += 3) sc[i] ^= 0x8000u;  // some negative scales and mins
+    const std::vector<uint8_t> codes = randbytes(2 * nb * 256);
+    constexpr int64_t LDY = 37;
+    for (bool q4_1 : {false, true}) {
+        std::vector<float> got(GEMM_NT * LDY, 7.0f), want(GEMM_NT * LDY, 7.0f);
+        const auto fn = q4_1 ? &KernelTable::gemm_q4_1 : &KernelTable::gemm_iq4_nl;
+        (k.*fn)(nb, codes.data(), sc.data(), a.quant_rows(), nt, rows, got.data(), LDY);
+        (scalar::table.*fn)(nb, codes.data(), sc.data(), a.quant_rows(), nt, rows, want.data(), LDY);
+        expect_equal_bytes(q4_1 ? "gemm_q4_1" : "gemm_iq4_nl", n, got.data(), want.data(), got.size() * 4);
+    }
+}
+
 void check_quantize(const KernelTable& k, int64_t n) {
     std::vector<float> x = randn(n, 3.0f);
     if (n >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // an all-zero block
@@ -233,7 +250,10 @@ int main() {
             for (int nt = 1; nt <= MAX_NT; ++nt) check_float_dots(k, n, nt);
         for (int64_t n : {32, 64, 96, 2048, 8192})
             for (int nt = 1; nt <= GEMM_NT; ++nt)
-                for (int rows : {1, 5, 8, 13, 16, 17, 29, 32}) check_quant_gemm(k, n, nt, rows);
+                for (int rows : {1, 5, 8, 13, 16, 17, 29, 32}) {
+                    check_quant_gemm(k, n, nt, rows);
+                    check_q4x_gemm(k, n, nt, rows);
+                }
         for (int64_t n : {32, 64, 96, 2048, 4096}) check_quantize(k, n);
         for (int64_t n : {1, 3, 7, 8, 9, 16, 63, 64, 65, 128, 4097}) check_f16(k, n);
         for (int64_t n : {1, 17, 1000}) check_silu(k, n);

@@ -118,12 +118,85 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     }
 }
 
+// Q4_1 / IQ4_NL panels (kernels.h: bit-exact with scalar), in the passes of gemm_q_nt. Q4_1: codes 0..15 as Q4_0's
+// (the 8 maddubs of a block fit int16). IQ4_NL: vpshufb looks the grid up as signed bytes and the sign trick
+// multiplies |w| by x * sign(w) (|w|, |x| <= 127: one maddubs fits int16), each group widened to int32 at once.
+template <int NT, WType F>
+static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                        int64_t ldy) {
+    constexpr int64_t BLOCK = panel_block_bytes(true);
+    constexpr int64_t SB = PANEL_ROWS * scale_planes(F);
+    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(IQ4_GRID)));
+    const auto bcast = [](const int8_t* p) {
+        int32_t v;
+        std::memcpy(&v, p, 4);
+        return _mm256_set1_epi32(v);
+    };
+    for (int h = 0; h < 2 && 8 * h < rows; ++h) {
+        __m256 acc[NT];
+        for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* pb = codes + b * BLOCK + 32 * h;
+            if (h == 0)
+                for (int64_t l = 0; l < BLOCK; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pb) + PREFETCH_BYTES + l, _MM_HINT_T0);
+            __m256i dot[NT];
+            if (F == WType::Q4_1) {
+                __m256i s16[NT];
+                for (int t = 0; t < NT; ++t) s16[t] = _mm256_setzero_si256();
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + c * 64));
+                    const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                    for (int t = 0; t < NT; ++t) {
+                        const int8_t* xb = x.q_row(t) + b * QK;
+                        s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(xb + 4 * c)),
+                                                                           _mm256_maddubs_epi16(hi, bcast(xb + 16 + 4 * c))));
+                    }
+                }
+                for (int t = 0; t < NT; ++t) dot[t] = _mm256_madd_epi16(s16[t], ones);
+            } else {
+                for (int t = 0; t < NT; ++t) dot[t] = _mm256_setzero_si256();
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + c * 64));
+                    const __m256i w[2] = {_mm256_shuffle_epi8(grid, _mm256_and_si256(v, low4)),
+                                          _mm256_shuffle_epi8(grid, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4))};
+                    for (int half = 0; half < 2; ++half) {
+                        const __m256i wabs = _mm256_sign_epi8(w[half], w[half]);
+                        for (int t = 0; t < NT; ++t) {
+                            const int8_t* xb = x.q_row(t) + b * QK + 16 * half + 4 * c;
+                            const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(bcast(xb), w[half]));
+                            dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                }
+            }
+            const uint16_t* sb = scales + b * SB + 8 * h;
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb)));
+            const __m256 mw = SB == 32 ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 16)))
+                                       : _mm256_setzero_ps();
+            for (int t = 0; t < NT; ++t) {
+                const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_set1_ps(x.d_row(t)[b]));
+                acc[t] = _mm256_fmadd_ps(dw, v, acc[t]);
+                if (F == WType::Q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s_row(t)[b]), acc[t]);
+            }
+        }
+        const int n = rows - 8 * h < 8 ? rows - 8 * h : 8;
+        const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int t = 0; t < NT; ++t) _mm256_maskstore_ps(y + t * ldy + 8 * h, keep, acc[t]);
+    }
+}
+
 // gemm_q_nt as kernels/shared.h's panel loop calls it
 struct Panel {
     template <int NT, bool Q4>
     static void run(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
                     int64_t ldy) {
         gemm_q_nt<NT, Q4>(nb, codes, scales, x, rows, y, ldy);
+    }
+    template <int NT, WType F>
+    static void run4x(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                      int64_t ldy) {
+        gemm_q4x_nt<NT, F>(nb, codes, scales, x, rows, y, ldy);
     }
 };
 
@@ -190,6 +263,8 @@ static constexpr KernelTable make_table() {
     t.dot_bf16 = dot_bf16;
     t.gemm_q8_0 = gemm_q_by_panel<Panel, false>;
     t.gemm_q4_0 = gemm_q_by_panel<Panel, true>;
+    t.gemm_q4_1 = gemm_q4x_by_panel<Panel, WType::Q4_1>;
+    t.gemm_iq4_nl = gemm_q4x_by_panel<Panel, WType::IQ4_NL>;
     // gemm_f32, gemm_bf16 stay nullptr: matmul uses the dot kernels
     t.kv_to_f32 = kv_to_f32_body<f16_row>;
     t.attn_block = attn_block_body;

@@ -243,6 +243,132 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
     }
 }
 
+// Q4_1 / IQ4_NL panels (kernels.h: bit-exact with scalar): the Q4_0 loop above with the float step of the spec.
+// Q4_1's nibbles are its unsigned codes, so vpdpbusd takes them as they are. IQ4_NL's nibbles index the grid: one
+// vpshufb per 64 bytes looks up grid + 128 (unsigned, 1..241), and the exact integer dot is then
+// dot - 128 * sum(xq), the block's integer sum taken with one vpsadbw.
+template <int NP, int NT, WType F>
+static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                        int64_t ldy) {
+    constexpr int64_t BLOCK = panel_block_bytes(true);
+    constexpr int64_t SB = PANEL_ROWS * scale_planes(F);  // f16 scales a block
+    constexpr bool IQ = F == WType::IQ4_NL;
+    constexpr int CH = NT >= 4 ? 1 : 2;
+    const int8_t* xq[NT];
+    const float* xd[NT];
+    const float* xs[NT];
+    __m512 acc[NP][NT];
+    for (int t = 0; t < NT; ++t) {
+        xq[t] = x.q_row(t);
+        xd[t] = x.d_row(t);
+        xs[t] = x.s_row(t);
+        for (int p = 0; p < NP; ++p) acc[p][t] = _mm512_setzero_ps();
+    }
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        char(IQ4_GRID[0] + 128), char(IQ4_GRID[1] + 128), char(IQ4_GRID[2] + 128), char(IQ4_GRID[3] + 128),
+        char(IQ4_GRID[4] + 128), char(IQ4_GRID[5] + 128), char(IQ4_GRID[6] + 128), char(IQ4_GRID[7] + 128),
+        char(IQ4_GRID[8] + 128), char(IQ4_GRID[9] + 128), char(IQ4_GRID[10] + 128), char(IQ4_GRID[11] + 128),
+        char(IQ4_GRID[12] + 128), char(IQ4_GRID[13] + 128), char(IQ4_GRID[14] + 128), char(IQ4_GRID[15] + 128)));
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* pb[NP];
+        const uint16_t* sb[NP];
+        for (int p = 0; p < NP; ++p) {
+            pb[p] = codes + (p * nb + b) * BLOCK;
+            sb[p] = scales + (p * nb + b) * SB;
+            for (int64_t l = 0; l < BLOCK; l += 64) _mm_prefetch(reinterpret_cast<const char*>(pb[p]) + PREFETCH_BYTES + l, _MM_HINT_T0);
+            if (SB == 32 || (b & 1) == 0)
+                _mm_prefetch(reinterpret_cast<const char*>(sb[p]) + PREFETCH_BYTES * SB * 2 / BLOCK, _MM_HINT_T0);
+        }
+        __m512i dot[CH][NP][NT];
+        for (int c = 0; c < CH; ++c)
+            for (int p = 0; p < NP; ++p)
+                for (int t = 0; t < NT; ++t) dot[c][p][t] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; ++c) {  // groups c and c + 4
+            __m512i lo[NP], hi[NP];
+            for (int p = 0; p < NP; ++p) {
+                const __m512i v = _mm512_load_si512(reinterpret_cast<const void*>(pb[p] + c * 64));
+                lo[p] = _mm512_and_si512(v, low4);
+                hi[p] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                if (IQ) {
+                    lo[p] = _mm512_shuffle_epi8(lut, lo[p]);
+                    hi[p] = _mm512_shuffle_epi8(lut, hi[p]);
+                }
+            }
+            for (int t = 0; t < NT; ++t) {
+                int32_t xlo, xhi;
+                std::memcpy(&xlo, xq[t] + b * QK + 4 * c, 4);
+                std::memcpy(&xhi, xq[t] + b * QK + 16 + 4 * c, 4);
+                const __m512i vlo = _mm512_set1_epi32(xlo), vhi = _mm512_set1_epi32(xhi);
+                for (int p = 0; p < NP; ++p) {
+                    dot[0][p][t] = _mm512_dpbusd_epi32(dot[0][p][t], lo[p], vlo);
+                    dot[CH - 1][p][t] = _mm512_dpbusd_epi32(dot[CH - 1][p][t], hi[p], vhi);
+                }
+            }
+        }
+        __m512i off[NT];  // IQ4_NL: 128 * sum(xq) of the block
+        if (IQ)
+            for (int t = 0; t < NT; ++t) {
+                const __m256i u = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + b * QK)),
+                                                   _mm256_set1_epi8(char(0x80)));  // xq + 128, unsigned
+                const __m256i s4 = _mm256_sad_epu8(u, _mm256_setzero_si256());
+                __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+                s2 = _mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2));
+                off[t] = _mm512_set1_epi32(128 * (_mm_cvtsi128_si32(s2) - 32 * 128));
+            }
+        for (int p = 0; p < NP; ++p) {
+            const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb[p])));
+            const __m512 mw = SB == 32 ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sb[p] + 16)))
+                                       : _mm512_setzero_ps();
+            for (int t = 0; t < NT; ++t) {
+                __m512i d = CH == 2 ? _mm512_add_epi32(dot[0][p][t], dot[CH - 1][p][t]) : dot[0][p][t];
+                if (IQ) d = _mm512_sub_epi32(d, off[t]);
+                const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xd[t][b]));
+                acc[p][t] = _mm512_fmadd_ps(dw, v, acc[p][t]);
+                if (!IQ) acc[p][t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[t][b]), acc[p][t]);
+            }
+        }
+    }
+    for (int p = 0; p < NP; ++p) {
+        const __mmask16 m = tail_mask16(rows - p * PANEL_ROWS);
+        for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy + p * PANEL_ROWS, m, acc[p][t]);
+    }
+}
+
+// gemm_q's tiling for the Q4_1 / IQ4_NL kernel.
+template <WType F>
+static void gemm_q4x(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                     float* y, int64_t ldy) {
+    constexpr int64_t BLOCK = panel_block_bytes(true);
+    constexpr int64_t SB = PANEL_ROWS * scale_planes(F);
+    const int tile = rows > PANEL_ROWS ? 4 : 8;
+    for (int t0 = 0; t0 < nt; t0 += tile) {
+        const ActRows xt = x.from(t0);
+        float* yt = y + t0 * ldy;
+        const int n = nt - t0 < tile ? nt - t0 : tile;
+        if (n == 4 && rows > PANEL_ROWS) {
+            gemm_q4x_nt<2, 4, F>(nb, codes, scales, xt, rows, yt, ldy);
+            continue;
+        }
+        for (int p = 0; p * PANEL_ROWS < rows; ++p) {
+            const uint8_t* pc = codes + p * nb * BLOCK;
+            const uint16_t* ps = scales + p * nb * SB;
+            const int pr = rows - p * PANEL_ROWS;
+            float* yp = yt + p * PANEL_ROWS;
+            switch (n) {
+                case 1: gemm_q4x_nt<1, 1, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 2: gemm_q4x_nt<1, 2, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 3: gemm_q4x_nt<1, 3, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 4: gemm_q4x_nt<1, 4, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 5: gemm_q4x_nt<1, 5, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 6: gemm_q4x_nt<1, 6, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                case 7: gemm_q4x_nt<1, 7, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+                default: gemm_q4x_nt<1, 8, F>(nb, pc, ps, xt, pr, yp, ldy); break;
+            }
+        }
+    }
+}
+
 static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
     L32_DISPATCH_NT(dot_f32_nt, n, w, x, out, os)
 }
@@ -410,6 +536,8 @@ static constexpr KernelTable make_table() {
     t.dot_bf16 = dot_bf16;
     t.gemm_q8_0 = gemm_q<false>;
     t.gemm_q4_0 = gemm_q<true>;
+    t.gemm_q4_1 = gemm_q4x<WType::Q4_1>;
+    t.gemm_iq4_nl = gemm_q4x<WType::IQ4_NL>;
     t.gemm_f32 = gemm_f32;
     t.gemm_bf16 = gemm_bf16;
     t.kv_to_f32 = kv_to_f32_body<f16_row>;

@@ -114,12 +114,83 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     }
 }
 
+// Q4_1 / IQ4_NL panels (kernels.h: bit-exact with scalar), in the passes of gemm_q_nt. sdot takes the nibbles as
+// they are (Q4_1's codes 0..15), or looks the grid up first with vqtbl1q_s8 (IQ4_NL's signed levels).
+template <int NT, WType F>
+static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                        int64_t ldy) {
+    constexpr int64_t BLOCK = panel_block_bytes(true);
+    constexpr int64_t SB = PANEL_ROWS * scale_planes(F);
+    const uint8x16_t low4 = vdupq_n_u8(0x0f);
+    const int8x16_t grid = vld1q_s8(IQ4_GRID);
+    const auto value = [&](uint8x16_t nib) {
+        return F == WType::IQ4_NL ? vqtbl1q_s8(grid, nib) : vreinterpretq_s8_u8(nib);
+    };
+    for (int h = 0; h < 2 && 8 * h < rows; ++h) {
+        float32x4_t acc[2][NT];
+        for (int j = 0; j < 2; ++j)
+            for (int t = 0; t < NT; ++t) acc[j][t] = vdupq_n_f32(0.0f);
+        for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* pb = codes + b * BLOCK + 32 * h;
+            if (h == 0)
+                for (int64_t l = 0; l < BLOCK; l += 64) __builtin_prefetch(pb + 1024 + l);
+            int8x16_t x0[NT], x1[NT];
+            for (int t = 0; t < NT; ++t) {
+                const int8_t* xb = x.q_row(t) + b * QK;
+                x0[t] = vld1q_s8(xb);
+                x1[t] = vld1q_s8(xb + 16);
+            }
+            int32x4_t dot[2][NT];
+            for (int j = 0; j < 2; ++j)
+                for (int t = 0; t < NT; ++t) dot[j][t] = vdupq_n_s32(0);
+            const auto groups = [&](auto lane, const uint8_t* p) {
+                constexpr int L = decltype(lane)::value;
+                for (int j = 0; j < 2; ++j) {
+                    const uint8x16_t v = vld1q_u8(p + 16 * j);
+                    const int8x16_t lo = value(vandq_u8(v, low4)), hi = value(vshrq_n_u8(v, 4));
+                    for (int t = 0; t < NT; ++t) {
+                        dot[j][t] = vdotq_laneq_s32(dot[j][t], lo, x0[t], L);
+                        dot[j][t] = vdotq_laneq_s32(dot[j][t], hi, x1[t], L);
+                    }
+                }
+            };
+            groups(std::integral_constant<int, 0>(), pb);
+            groups(std::integral_constant<int, 1>(), pb + 64);
+            groups(std::integral_constant<int, 2>(), pb + 128);
+            groups(std::integral_constant<int, 3>(), pb + 192);
+            for (int j = 0; j < 2; ++j) {
+                const uint16_t* sb = scales + b * SB + 8 * h + 4 * j;
+                const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sb)));
+                for (int t = 0; t < NT; ++t) {
+                    const float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), x.d_row(t)[b]);
+                    acc[j][t] = vfmaq_f32(acc[j][t], dw, v);
+                    if (F == WType::Q4_1)
+                        acc[j][t] = vfmaq_f32(acc[j][t], vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sb + 16))),
+                                              vdupq_n_f32(x.s_row(t)[b]));
+                }
+            }
+        }
+        for (int j = 0; j < 2; ++j)
+            for (int t = 0; t < NT; ++t) {
+                float out[4];
+                vst1q_f32(out, acc[j][t]);
+                for (int i = 0; i < 4; ++i)
+                    if (8 * h + 4 * j + i < rows) y[t * ldy + 8 * h + 4 * j + i] = out[i];
+            }
+    }
+}
+
 // gemm_q_nt as kernels/shared.h's panel loop calls it
 struct Panel {
     template <int NT, bool Q4>
     static void run(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
                     int64_t ldy) {
         gemm_q_nt<NT, Q4>(nb, codes, scales, x, rows, y, ldy);
+    }
+    template <int NT, WType F>
+    static void run4x(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int rows, float* y,
+                      int64_t ldy) {
+        gemm_q4x_nt<NT, F>(nb, codes, scales, x, rows, y, ldy);
     }
 };
 
@@ -172,6 +243,8 @@ static constexpr KernelTable make_table() {
     t.dot_bf16 = dot_bf16;
     t.gemm_q8_0 = gemm_q_by_panel<Panel, false>;
     t.gemm_q4_0 = gemm_q_by_panel<Panel, true>;
+    t.gemm_q4_1 = gemm_q4x_by_panel<Panel, WType::Q4_1>;
+    t.gemm_iq4_nl = gemm_q4x_by_panel<Panel, WType::IQ4_NL>;
     // gemm_f32, gemm_bf16 stay nullptr: matmul uses the dot kernels
     t.kv_to_f32 = kv_to_f32_body<f16_row>;
     t.attn_block = attn_block_body;

@@ -50,6 +50,33 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
     }
 }
 
+// Q4_1 / IQ4_NL panels: the bit-exact spec of kernels.h (std::fma: one rounding, as the SIMD fmadd).
+template <WType F>
+static void gemm_q4x(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt, int rows,
+                     float* y, int64_t ldy) {
+    constexpr int planes = scale_planes(F);
+    for (int t = 0; t < nt; ++t) {
+        const int8_t* xq = x.q_row(t);
+        const float* xd = x.d_row(t);
+        const float* xs = x.s_row(t);
+        for (int r = 0; r < rows; ++r) {
+            const int64_t p = r / PANEL_ROWS, rr = r % PANEL_ROWS;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                const uint8_t* blk = codes + size_t(p * nb + b) * size_t(panel_block_bytes(true));
+                const uint16_t* sb = scales + (p * nb + b) * PANEL_ROWS * planes;
+                int32_t dot = 0;
+                for (int k = 0; k < QK; ++k)
+                    dot += (F == WType::Q4_1 ? panel_nibble(blk, int(rr), k) : panel_iq4_value(blk, int(rr), k)) * xq[b * QK + k];
+                const float v = float(dot) * xd[b];
+                acc = std::fma(f16_to_f32(sb[rr]), v, acc);
+                if (F == WType::Q4_1) acc = std::fma(f16_to_f32(sb[PANEL_ROWS + rr]), xs[b], acc);
+            }
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
 static void quantize_act(int64_t n, const float* x, int8_t* q, float* d, float* s) {
     for (int64_t b = 0; b < n / 32; ++b) {
         const float* xb = x + b * 32;
@@ -109,6 +136,8 @@ static constexpr KernelTable make_table() {
     t.dot_bf16 = dot_bf16;
     t.gemm_q8_0 = gemm_q<false>;
     t.gemm_q4_0 = gemm_q<true>;
+    t.gemm_q4_1 = gemm_q4x<WType::Q4_1>;
+    t.gemm_iq4_nl = gemm_q4x<WType::IQ4_NL>;
     t.gemm_f32 = gemm_f32;
     t.gemm_bf16 = gemm_bf16;
     t.kv_to_f32 = kv_to_f32_body<f16_row>;

@@ -44,4 +44,26 @@ static inline void gemm_q_by_panel(int64_t nb, const uint8_t* codes, const uint1
     }
 }
 
+// The same loop for Q4_1 / IQ4_NL panels (256 bytes of codes a block, scale_planes(F) x 16 f16 scales a block):
+// Panel::template run4x<NT, F>(nb, codes, scales, x, rows, y, ldy).
+template <class Panel, WType F>
+static inline void gemm_q4x_by_panel(int64_t nb, const uint8_t* codes, const uint16_t* scales, const ActRows& x, int nt,
+                                     int rows, float* y, int64_t ldy) {
+    for (int p = 0; p * PANEL_ROWS < rows; ++p) {
+        const int pr = rows - p * PANEL_ROWS < PANEL_ROWS ? rows - p * PANEL_ROWS : PANEL_ROWS;
+        const uint8_t* pc = codes + p * nb * panel_block_bytes(true);
+        const uint16_t* ps = scales + p * nb * PANEL_ROWS * scale_planes(F);
+        for (int t0 = 0; t0 < nt; t0 += 4) {
+            const ActRows xt = x.from(t0);
+            float* yt = y + t0 * ldy + p * PANEL_ROWS;
+            switch (nt - t0) {
+                case 1: Panel::template run4x<1, F>(nb, pc, ps, xt, pr, yt, ldy); break;
+                case 2: Panel::template run4x<2, F>(nb, pc, ps, xt, pr, yt, ldy); break;
+                case 3: Panel::template run4x<3, F>(nb, pc, ps, xt, pr, yt, ldy); break;
+                default: Panel::template run4x<4, F>(nb, pc, ps, xt, pr, yt, ldy); break;
+            }
+        }
+    }
+}
+
 }  // namespace l32

@@ -3,7 +3,9 @@
 Contract: the C++ quantizers and kernels match these bit for bit. Blocks are ggml's: Q8_0 {f16 d; i8 q[32]};
 Q4_0 {f16 d; u8 qs[16]}, byte j = element j (low nibble) and element j+16 (high nibble), y = d * (q - 8);
 Q4_1 {f16 d; f16 m; u8 qs[16]}, y = d * q + m; IQ4_NL {f16 d; u8 qs[16]}, y = d * IQ4_GRID[q].
-Rounding is half to even everywhere (np.rint), scales are computed in f32.
+Rounding is half to even everywhere (np.rint), scales are computed in f32. The 4-bit quantizers search the block
+scale: for each trial scale of a fixed list they take the codes it gives, fit d (q4_1: d and m) to those codes by
+least squares and keep the fit of least squared error; sums over a block run in f32 in the C++ order (_seq_sum).
 """
 
 from __future__ import annotations
@@ -39,20 +41,6 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape[0], -1)
 
 
-def quantize_q4_0(x: np.ndarray) -> np.ndarray:
-    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: d = m / -8 (m: the value of largest |x|, first wins),
-    q = clamp(rint(x * (1/d)) + 8, 0, 15)."""
-    b = _blocks(x)
-    idx = np.abs(b).argmax(axis=-1)
-    m = np.take_along_axis(b, idx[..., None], axis=-1)[..., 0]
-    d = (m / np.float32(-8)).astype(np.float32)
-    q = np.clip(np.rint(b * _f32_recip(d)[..., None]) + 8, 0, 15).astype(np.uint8)
-    out = np.empty(b.shape[:2] + (18,), dtype=np.uint8)
-    out[..., :2] = d.astype(np.float16).view(np.uint8).reshape(d.shape + (2,))
-    out[..., 2:] = q[..., :16] | (q[..., 16:] << 4)
-    return out.reshape(x.shape[0], -1)
-
-
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
     """[..., 32] codes 0..15 -> [..., 16] bytes, byte j = code j (low nibble) | code j+16 (high nibble)."""
     return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
@@ -62,16 +50,119 @@ def _f16_bytes(v: np.ndarray) -> np.ndarray:
     return v.astype(np.float16).view(np.uint8).reshape(v.shape + (2,))
 
 
-def quantize_q4_1(x: np.ndarray) -> np.ndarray:
-    """[rows, cols] f32 -> uint8 [rows, cols/32*20]: m = min, d = (max - min) / 15,
-    q = clamp(rint((x - m) * (1/d)), 0, 15)."""
+def _f16_round(v: np.ndarray) -> np.ndarray:
+    return v.astype(np.float16).astype(np.float32)
+
+
+def _seq_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis (32) in f32, in the C++ order: 8 lanes (index mod 8) accumulate in index order, then
+    ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))."""
+    v = a.astype(np.float32).reshape(a.shape[:-1] + (4, 8))
+    lanes = v[..., 0, :]
+    for j in range(1, 4):
+        lanes = (lanes + v[..., j, :]).astype(np.float32)
+    pairs = (lanes[..., 0::2] + lanes[..., 1::2]).astype(np.float32)
+    quads = (pairs[..., 0::2] + pairs[..., 1::2]).astype(np.float32)
+    return (quads[..., 0] + quads[..., 1]).astype(np.float32)
+
+
+def _signed_max(b: np.ndarray) -> np.ndarray:
+    idx = np.abs(b).argmax(axis=-1)
+    return np.take_along_axis(b, idx[..., None], axis=-1)[..., 0]
+
+
+def _search_symmetric(b: np.ndarray, targets: list[np.float32], level) -> tuple[np.ndarray, np.ndarray]:
+    """(d, t/m of the winner) per block: codes l = level(x * (t/m)), d = sum(x*l)/sum(l*l), dd = f16(d),
+    e = (sxx - 2*(dd*sum(x*l))) + (dd*dd)*sum(l*l); the least e wins, the first of equals."""
+    m = _signed_max(b)
+    live = m != 0
+    safe_m = np.where(live, m, np.float32(1))
+    sxx = _seq_sum((b * b).astype(np.float32))
+    best_e = np.full(m.shape, np.inf, np.float32)
+    best_d = np.zeros(m.shape, np.float32)
+    best_is = np.zeros(m.shape, np.float32)
+    for t in targets:
+        iscale = (t / safe_m).astype(np.float32)
+        lv = level((b * iscale[..., None]).astype(np.float32))
+        sumlx = _seq_sum((b * lv).astype(np.float32))
+        suml2 = _seq_sum((lv * lv).astype(np.float32))
+        ok = live & (suml2 > 0)
+        d = (sumlx / np.where(ok, suml2, np.float32(1))).astype(np.float32)
+        dd = _f16_round(d)
+        a = (dd * sumlx).astype(np.float32)
+        e = ((sxx - (a + a)).astype(np.float32) + ((dd * dd).astype(np.float32) * suml2).astype(np.float32))
+        better = ok & (e.astype(np.float32) < best_e)
+        best_e = np.where(better, e, best_e).astype(np.float32)
+        best_d = np.where(better, d, best_d)
+        best_is = np.where(better, iscale, best_is)
+    return best_d, best_is
+
+
+def _q4_0_level(v: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(v), -8, 7).astype(np.float32)
+
+
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: trial targets t = -8.9 .. -7.1 (step 0.1) for the signed max m,
+    codes clamp(rint(x * (t/m)), -8, 7) + 8."""
     b = _blocks(x)
-    lo = b.min(axis=-1)
-    d = ((b.max(axis=-1) - lo) / np.float32(15)).astype(np.float32)
-    q = np.clip(np.rint((b - lo[..., None]) * _f32_recip(d)[..., None]), 0, 15).astype(np.uint8)
+    targets = [np.float32(s - 89) / np.float32(10) for s in range(19)]
+    d, iscale = _search_symmetric(b, targets, _q4_0_level)
+    q = (_q4_0_level((b * iscale[..., None]).astype(np.float32)) + 8).astype(np.uint8)
+    out = np.empty(b.shape[:2] + (18,), dtype=np.uint8)
+    out[..., :2] = _f16_bytes(d)
+    out[..., 2:] = _pack_nibbles(q)
+    return out.reshape(x.shape[0], -1)
+
+
+def _q4_1_level(v: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(v), 0, 15).astype(np.float32)
+
+
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """[rows, cols] f32 -> uint8 [rows, cols/32*20]: trial targets t = 14.1 .. 15.9 for the span hi - lo, codes
+    clamp(rint((x - lo) * (t/(hi-lo))), 0, 15), (d, m) by least squares; a flat block is d = 0, m = lo."""
+    b = _blocks(x)
+    f32 = np.float32
+    lo, hi = b.min(axis=-1), b.max(axis=-1)
+    live = hi > lo
+    span = np.where(live, (hi - lo).astype(f32), f32(1))
+    sx = _seq_sum(b)
+    sxx = _seq_sum((b * b).astype(f32))
+    best_e = np.full(lo.shape, np.inf, f32)
+    best_d = np.zeros(lo.shape, f32)
+    best_m = lo.copy()
+    best_is = np.zeros(lo.shape, f32)
+    centred = (b - lo[..., None]).astype(f32)
+    for s in range(19):
+        iscale = ((f32(s + 141) / f32(10)) / span).astype(f32)
+        lv = _q4_1_level((centred * iscale[..., None]).astype(f32))
+        sl = _seq_sum(lv)
+        sll = _seq_sum((lv * lv).astype(f32))
+        slx = _seq_sum((lv * b).astype(f32))
+        den = ((f32(32) * sll).astype(f32) - (sl * sl).astype(f32)).astype(f32)
+        ok = live & (den > 0)
+        sden = np.where(ok, den, f32(1))
+        d = (((f32(32) * slx).astype(f32) - (sl * sx).astype(f32)).astype(f32) / sden).astype(f32)
+        mn = (((sll * sx).astype(f32) - (sl * slx).astype(f32)).astype(f32) / sden).astype(f32)
+        dd, mm = _f16_round(d), _f16_round(mn)
+        e = (sxx + ((dd * dd).astype(f32) * sll).astype(f32)).astype(f32)
+        e = (e + ((mm * mm).astype(f32) * f32(32)).astype(f32)).astype(f32)
+        r = (dd * slx).astype(f32)
+        e = (e - (r + r)).astype(f32)
+        u = (mm * sx).astype(f32)
+        e = (e - (u + u)).astype(f32)
+        v = ((dd * mm).astype(f32) * sl).astype(f32)
+        e = (e + (v + v)).astype(f32)
+        better = ok & (e < best_e)
+        best_e = np.where(better, e, best_e)
+        best_d = np.where(better, d, best_d)
+        best_m = np.where(better, mn, best_m)
+        best_is = np.where(better, iscale, best_is)
+    q = _q4_1_level((centred * best_is[..., None]).astype(f32)).astype(np.uint8)
     out = np.empty(b.shape[:2] + (20,), dtype=np.uint8)
-    out[..., 0:2] = _f16_bytes(d)
-    out[..., 2:4] = _f16_bytes(lo)
+    out[..., 0:2] = _f16_bytes(best_d)
+    out[..., 2:4] = _f16_bytes(best_m)
     out[..., 4:] = _pack_nibbles(q)
     return out.reshape(x.shape[0], -1)
 
@@ -86,13 +177,12 @@ def iq4_nearest(v: np.ndarray) -> np.ndarray:
 
 
 def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
-    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: d = m / -127 (m: the value of largest |x|, first wins),
-    q = the grid level nearest x * (1/d)."""
+    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: trial targets t = -137 .. -117 (step 1) for the signed max m,
+    codes the grid level nearest x * (t/m)."""
     b = _blocks(x)
-    idx = np.abs(b).argmax(axis=-1)
-    m = np.take_along_axis(b, idx[..., None], axis=-1)[..., 0]
-    d = (m / np.float32(-127)).astype(np.float32)
-    q = iq4_nearest((b * _f32_recip(d)[..., None]).astype(np.float32))
+    grid = IQ4_GRID.astype(np.float32)
+    d, iscale = _search_symmetric(b, [np.float32(s - 137) for s in range(21)], lambda v: grid[iq4_nearest(v)])
+    q = iq4_nearest((b * iscale[..., None]).astype(np.float32))
     out = np.empty(b.shape[:2] + (18,), dtype=np.uint8)
     out[..., 0:2] = _f16_bytes(d)
     out[..., 2:] = _pack_nibbles(q)
