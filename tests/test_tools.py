@@ -119,6 +119,14 @@ def test_llama3_parse(text: str, calls: list | None) -> None:
         assert reply.to_openai()["tool_calls"][0]["type"] == "function"
 
 
+def test_parallel_tool_calls_false_keeps_one_call() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    text = '[{"name": "get_time", "parameters": {"tz": "UTC"}}, {"name": "get_time", "parameters": {"tz": "CET"}}]'
+    assert len(tools.plan_chat(_llama3_model(), msgs, tools=[TIME]).parse(text).tool_calls) == 2
+    one = tools.plan_chat(_llama3_model(), msgs, tools=[TIME], parallel_tool_calls=False).parse(text)
+    assert [c.args for c in one.tool_calls] == [{"tz": "UTC"}]
+
+
 def test_chatml_parse() -> None:
     model = types.SimpleNamespace(chat_format=ChatMLFormat(chatml_tokenizer()))
     plan = tools.plan_chat(model, [{"role": "user", "content": "hi"}], tools=[WEATHER, TIME])

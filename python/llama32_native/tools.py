@@ -394,6 +394,7 @@ class ToolPlan:
     tools: list[Tool]
     choice: str | Tool
     fmt: Llama3ToolFormat | ChatMLToolFormat
+    parallel: bool = True  # False: a reply holding several calls keeps the first (parallel_tool_calls=false)
 
     @property
     def forced(self) -> bool:
@@ -409,7 +410,7 @@ class ToolPlan:
         if parsed is None or not all(name in known for name, _ in parsed[1]):
             return ChatReply(text, [], finish_reason)
         content, calls = parsed
-        out = [ToolCall(name, json.dumps(args, ensure_ascii=False)) for name, args in calls]
+        out = [ToolCall(name, json.dumps(args, ensure_ascii=False)) for name, args in calls[: None if self.parallel else 1]]
         return ChatReply(content or None, out, "tool_calls")
 
 
@@ -477,7 +478,7 @@ def plan_chat(model: Any, messages: Any, tools: Any = None, tool_choice: Any = N
         grammar = fmt.grammar([choice])
     elif choice == "required":
         grammar = fmt.grammar(specs)
-    return ToolPlan(ids, grammar, specs, choice, fmt)
+    return ToolPlan(ids, grammar, specs, choice, fmt, parallel_tool_calls)
 
 
 def has_tool_turns(messages: Any) -> bool:
