@@ -163,7 +163,7 @@ def grammar_from_response_format(response_format: Any) -> str | None:
         f"response_format.type {kind!r} is not supported; use text, json_object, json_schema, regex or grammar")
 
 
-def compile_grammar(grammar: str, lltok: Any, name: str = "grammar") -> Any:
+def compile_grammar(grammar: str, lltok: Any, name: str = "grammar") -> str:
     """Validate llguidance grammar text against a tokenizer; GrammarError "<name>: <llguidance's message>"."""
     llg = _llguidance()
     message = llg.LLMatcher.validate_grammar(grammar, lltok)
@@ -264,10 +264,6 @@ class GrammarProcessor(LogitsProcessor):
 
     def finished(self) -> bool:
         return bool(self.matcher.is_stopped())
-
-    def accepting(self) -> bool:
-        """True when the text so far is complete under the grammar (it may still go on)."""
-        return bool(self.matcher.is_accepting())
 
 
 def _stop_ids(model: Any, chat: bool) -> frozenset[int]:
