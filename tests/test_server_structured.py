@@ -170,3 +170,13 @@ def test_score_takes_chat_input(server) -> None:
     assert one.json() == [{"0": expect}] and many.json() == [{"0": expect}] * 2
     assert plain.status_code == 200 and plain.json() != one.json()
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input_string"
+
+
+def test_streamed_logprobs_equal_non_streamed(server) -> None:
+    kw = {"model": "smollm2", "messages": ASK, "max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    whole = server["client"].chat.completions.create(**kw).choices[0].logprobs.content
+    streamed = [e for chunk in server["client"].chat.completions.create(**kw, stream=True) for c in chunk.choices
+                if c.logprobs and c.logprobs.content for e in c.logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in whole]
+    assert [[t.logprob for t in e.top_logprobs] for e in streamed] == [[t.logprob for t in e.top_logprobs]
+                                                                       for e in whole]
