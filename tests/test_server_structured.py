@@ -125,8 +125,13 @@ def test_completion_logprobs_and_bias(server) -> None:
                                   logprobs=2)
     lp = r.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 3
-    assert "".join(lp.tokens) == r.choices[0].text  # offsets count characters of the completion text
-    assert lp.text_offset == [0, len(lp.tokens[0]), len(lp.tokens[0]) + len(lp.tokens[1])]
+    assert "".join(lp.tokens) == r.choices[0].text  # offsets count characters from the start of the prompt
+    n = len("The capital of France is")
+    assert lp.text_offset == [n, n + len(lp.tokens[0]), n + len(lp.tokens[0]) + len(lp.tokens[1])]
+    streamed = [o for chunk in client.completions.create(model="smollm2", prompt="The capital of France is",
+                                                         max_tokens=3, temperature=0, logprobs=2, stream=True)
+                for c in chunk.choices if c.logprobs for o in c.logprobs.text_offset]
+    assert streamed == lp.text_offset
     first = model.prompt_ids("The capital of France is" + lp.tokens[0])[-1]
     biased = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=1,
                                        temperature=0, logit_bias={str(first): -100})

@@ -168,10 +168,13 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
         queue, jobs = svc.submit(prompts, opts, req.n, chat=False)
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": cfg.model_name}
+        starts = _prompt_chars(req.prompt, prompts, svc.model.tokenizer)
         if req.stream:
-            return _stream(svc, queue, jobs, req, lambda ev: [completion_chunk(base, ev, svc.model)], None, base)
+            offsets = {j.index: starts[j.prompt_index] for j in jobs}
+            return _stream(svc, queue, jobs, req, lambda ev: [completion_chunk(base, ev, svc.model, offsets)], None,
+                           base)
         results = await _collect(svc, queue, jobs, request)
-        choices = [completion_choice(i, r, svc.model) for i, r in enumerate(results)]
+        choices = [completion_choice(i, r, svc.model, starts[r["prompt_index"]]) for i, r in enumerate(results)]
         return {**base, "choices": choices, "usage": usage(results)}
 
     @app.post("/v1/chat/completions")
@@ -229,6 +232,15 @@ def chat_chunks_for(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any,
     out = [chat_chunk(base, ev.index, {"content": rest}, None)] if rest else []
     out += [chat_chunk(base, ev.index, delta, None) for delta in tool_call_deltas(reply.tool_calls)]
     return out + [chat_chunk(base, ev.index, {}, reply.finish_reason)]
+
+
+def _prompt_chars(prompt: Any, prompts: list[list[int]], tokenizer: Any) -> list[int]:
+    """Each prompt's length in characters: where its completion's text_offset starts (OpenAI's, echo or not)."""
+    if isinstance(prompt, str):
+        return [len(prompt)]
+    if all(isinstance(p, str) for p in prompt):
+        return [len(p) for p in prompt]
+    return [len(tokenizer.decode(ids)) if tokenizer is not None else 0 for ids in prompts]
 
 
 def _sse(obj: Any) -> str:

@@ -26,15 +26,21 @@ def chat_logprobs(model: Any, lps: list[TokenLogprob] | None) -> dict[str, Any] 
     return None if lps is None else logprobs.chat_logprobs(model.tokenizer, lps)
 
 
-def completion_choice(index: int, r: dict[str, Any], model: Any) -> dict[str, Any]:
-    return {"index": index, "text": r["text"], "logprobs": completion_logprobs(model, r["logprobs"] or None),
+def completion_choice(index: int, r: dict[str, Any], model: Any, offset: int = 0) -> dict[str, Any]:
+    """A completion choice; `offset`: the prompt's length in characters, where text_offset starts (OpenAI's)."""
+    return {"index": index, "text": r["text"], "logprobs": completion_logprobs(model, r["logprobs"] or None, offset),
             "finish_reason": r["finish_reason"]}
 
 
-def completion_chunk(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any) -> dict[str, Any]:
+def completion_chunk(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any,
+                     offsets: dict[int, int] | None = None) -> dict[str, Any]:
+    """A streamed completion chunk; `offsets`: each choice's text_offset so far (advanced by the chunk's text)."""
     if isinstance(ev, TextEvent):
-        choice = {"index": ev.index, "text": ev.text, "logprobs": completion_logprobs(model, ev.logprobs),
+        at = 0 if offsets is None else offsets.get(ev.index, 0)
+        choice = {"index": ev.index, "text": ev.text, "logprobs": completion_logprobs(model, ev.logprobs, at),
                   "finish_reason": None}
+        if offsets is not None:
+            offsets[ev.index] = at + len(ev.text)
     else:
         choice = {"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}
     return {**base, "choices": [choice]}
