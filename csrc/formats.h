@@ -62,7 +62,7 @@ WType wtype_from_name(const std::string& name);  // throws Error on an unknown n
 // serves decode (1 activation row) and prefill (many): the weights are never repacked after load.
 constexpr int PANEL_ROWS = 16;
 // Bytes of one block (32 columns) of a panel: its codes, 16 rows x 32 codes (Q8_0) or nibbles (Q4_0).
-constexpr int64_t panel_block_bytes(bool q4) { return q4 ? 256 : 512; }
+static constexpr int64_t panel_block_bytes(bool q4) { return q4 ? 256 : 512; }
 
 // A weight matrix [rows, cols] (PyTorch [out, in]) in one of the in-memory formats.
 //  F32:  data = float[rows*cols]

@@ -29,6 +29,8 @@ constexpr int ATT_KEYS = 128;
 // Activation rows for the kernels: row t of the values starts at f + t*stride (float rows: dot_*, gemm_f32/bf16)
 // or q + t*stride (int8 quants: gemm_q8_0/q4_0), its block scales at d + t*b_stride and block sums (d * sum of
 // quants) at s + t*b_stride. A float view has f set and q, d, s null; a quantized view the reverse.
+// No member functions: an inline member has external linkage, and the linker could then call a copy compiled
+// with AVX-512 flags from baseline code (common.h). The helpers below are `static inline` instead.
 struct ActRows {
     const float* f = nullptr;
     const int8_t* q = nullptr;
@@ -36,31 +38,32 @@ struct ActRows {
     const float* s = nullptr;
     int64_t stride = 0;    // elements from one row of f or q to the next
     int64_t b_stride = 0;  // blocks from one row of d or s to the next
-
-    static ActRows floats(const float* f, int64_t stride) {
-        ActRows a;
-        a.f = f;
-        a.stride = stride;
-        return a;
-    }
-    static ActRows quants(const int8_t* q, const float* d, const float* s, int64_t stride, int64_t b_stride) {
-        ActRows a;
-        a.q = q;
-        a.d = d;
-        a.s = s;
-        a.stride = stride;
-        a.b_stride = b_stride;
-        return a;
-    }
-    const float* f_row(int64_t t) const { return f + t * stride; }
-    const int8_t* q_row(int64_t t) const { return q + t * stride; }
-    const float* d_row(int64_t t) const { return d + t * b_stride; }
-    const float* s_row(int64_t t) const { return s + t * b_stride; }
-    // The same view from row t on.
-    ActRows from(int64_t t) const {
-        return f ? floats(f_row(t), stride) : quants(q_row(t), d_row(t), s_row(t), stride, b_stride);
-    }
 };
+
+static inline ActRows float_rows(const float* f, int64_t stride) {
+    ActRows a;
+    a.f = f;
+    a.stride = stride;
+    return a;
+}
+static inline ActRows quant_rows(const int8_t* q, const float* d, const float* s, int64_t stride, int64_t b_stride) {
+    ActRows a;
+    a.q = q;
+    a.d = d;
+    a.s = s;
+    a.stride = stride;
+    a.b_stride = b_stride;
+    return a;
+}
+// Row t of the float values, int8 quants, block scales, block sums.
+static inline const float* f_row(const ActRows& x, int64_t t) { return x.f + t * x.stride; }
+static inline const int8_t* q_row(const ActRows& x, int64_t t) { return x.q + t * x.stride; }
+static inline const float* d_row(const ActRows& x, int64_t t) { return x.d + t * x.b_stride; }
+static inline const float* s_row(const ActRows& x, int64_t t) { return x.s + t * x.b_stride; }
+// The same view from row t on.
+static inline ActRows rows_from(const ActRows& x, int64_t t) {
+    return x.f ? float_rows(f_row(x, t), x.stride) : quant_rows(q_row(x, t), d_row(x, t), s_row(x, t), x.stride, x.b_stride);
+}
 
 // Tables are filled by field name (see the make_table() of each kernels/*.cpp) and checked when dispatch.cpp hands
 // one out: every entry is required except gemm_f32 and gemm_bf16, whose nullptr means "use the dot kernels".

@@ -44,7 +44,7 @@ static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInpu
     const size_t panel_bytes = size_t(nb) * w.panel_block_bytes();
     const uint8_t* codes = w.data.as<uint8_t>();
     const uint16_t* scales = w.scales.as<uint16_t>();
-    const ActRows x = ActRows::quants(in.acts.qs.as<int8_t>(), in.acts.d.as<float>(), in.acts.sum.as<float>(), K, nb);
+    const ActRows x = quant_rows(in.acts.qs.as<int8_t>(), in.acts.d.as<float>(), in.acts.sum.as<float>(), K, nb);
     const int64_t per_thread = (n_panels + n_threads - 1) / n_threads;
     const int64_t fit = std::max<int64_t>(GEMM_ROWS / PANEL_ROWS, int64_t((256 << 10) / panel_bytes));
     const bool decode = T <= GEMM_NT;
@@ -56,7 +56,7 @@ static void matmul_quant(const KernelTable& k, const Matrix& w, const MatmulInpu
     const auto run_group = [&](int64_t g) {
         const int64_t p0 = g * group, p1 = std::min(n_panels, p0 + group);
         for (int64_t t = 0; t < T; t += GEMM_NT) {
-            const ActRows xt = x.from(t);
+            const ActRows xt = rows_from(x, t);
             const int nt = int(std::min<int64_t>(GEMM_NT, T - t));
             for (int64_t p = p0; p < p1; p += call_panels) {
                 const int64_t r0 = p * PANEL_ROWS;
@@ -90,7 +90,7 @@ static void matmul_float(const KernelTable& k, const Matrix& w, const MatmulInpu
         const int64_t r0 = blk * row_block, r1 = std::min(R, r0 + row_block);
         for (int64_t t = 0; t < T; t += FGEMM_NT) {
             const int nt = int(std::min<int64_t>(FGEMM_NT, T - t));
-            const ActRows xt = ActRows::floats(in.x + t * K, K);
+            const ActRows xt = float_rows(in.x + t * K, K);
             for (int64_t r = r0; r < r1; r += FGEMM_ROWS) {
                 const int rows = int(std::min<int64_t>(FGEMM_ROWS, r1 - r));
                 float* out = y + t * ldy + r;
@@ -128,7 +128,7 @@ void matmul(const KernelTable& k, const Matrix& w, const MatmulInput& in, float*
                 const uint8_t* wrow = wdata + size_t(r) * row_bytes;
                 for (int64_t t = t0; t < t1; t += MAX_NT) {
                     const int nt = int(std::min<int64_t>(MAX_NT, t1 - t));
-                    const ActRows xt = ActRows::floats(in.x + t * K, K);
+                    const ActRows xt = float_rows(in.x + t * K, K);
                     float* out = y + t * ldy + r;
                     if (w.type == WType::F32)
                         k.dot_f32(K, reinterpret_cast<const float*>(wrow), xt, nt, out, ldy);

@@ -60,8 +60,8 @@ struct Acts {  // nt activation rows, float and int8-quantized (by the scalar qu
     int64_t n;
     std::vector<float> f, d, s;
     std::vector<int8_t> q;
-    ActRows float_rows() const { return ActRows::floats(f.data(), n); }
-    ActRows quant_rows() const { return ActRows::quants(q.data(), d.data(), s.data(), n, n / 32); }
+    ActRows float_rows() const { return ::l32::float_rows(f.data(), n); }
+    ActRows quant_rows() const { return ::l32::quant_rows(q.data(), d.data(), s.data(), n, n / 32); }
 };
 
 Acts make_acts(int64_t n, int nt) {

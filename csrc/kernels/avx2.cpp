@@ -22,7 +22,7 @@ template <int NT>
 static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = _mm256_setzero_ps(); }
+    for (int t = 0; t < NT; ++t) { xr[t] = f_row(x, t); acc[t] = _mm256_setzero_ps(); }
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 wv = _mm256_loadu_ps(w + i);
@@ -39,7 +39,7 @@ template <int NT>
 static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = _mm256_setzero_ps(); }
+    for (int t = 0; t < NT; ++t) { xr[t] = f_row(x, t); acc[t] = _mm256_setzero_ps(); }
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256i wi = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
@@ -86,7 +86,7 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
                     const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + c * 64));
                     const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                     for (int t = 0; t < NT; ++t) {
-                        const int8_t* xb = x.q_row(t) + b * QK;
+                        const int8_t* xb = q_row(x, t) + b * QK;
                         s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(xb + 4 * c)),
                                                                            _mm256_maddubs_epi16(hi, bcast(xb + 16 + 4 * c))));
                     }
@@ -98,7 +98,7 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
                     const __m256i w = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(pb + g * 64)), flip);
                     const __m256i wabs = _mm256_sign_epi8(w, w);
                     for (int t = 0; t < NT; ++t) {
-                        const int8_t* xb = x.q_row(t) + b * QK;
+                        const int8_t* xb = q_row(x, t) + b * QK;
                         const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(bcast(xb + 4 * g), w));
                         dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
                     }
@@ -106,8 +106,8 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
             }
             const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + b * PANEL_ROWS + 8 * h)));
             for (int t = 0; t < NT; ++t) {
-                const __m256 xd = _mm256_set1_ps(x.d_row(t)[b]);
-                const __m256 v = Q4 ? _mm256_fmsub_ps(_mm256_cvtepi32_ps(dot[t]), xd, _mm256_set1_ps(8.0f * x.s_row(t)[b]))
+                const __m256 xd = _mm256_set1_ps(d_row(x, t)[b]);
+                const __m256 v = Q4 ? _mm256_fmsub_ps(_mm256_cvtepi32_ps(dot[t]), xd, _mm256_set1_ps(8.0f * s_row(x, t)[b]))
                                     : _mm256_mul_ps(_mm256_cvtepi32_ps(dot[t]), xd);
                 acc[t] = _mm256_fmadd_ps(dw, v, acc[t]);
             }
@@ -148,7 +148,7 @@ static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales
                     const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(pb + c * 64));
                     const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
                     for (int t = 0; t < NT; ++t) {
-                        const int8_t* xb = x.q_row(t) + b * QK;
+                        const int8_t* xb = q_row(x, t) + b * QK;
                         s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(xb + 4 * c)),
                                                                            _mm256_maddubs_epi16(hi, bcast(xb + 16 + 4 * c))));
                     }
@@ -163,7 +163,7 @@ static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales
                     for (int half = 0; half < 2; ++half) {
                         const __m256i wabs = _mm256_sign_epi8(w[half], w[half]);
                         for (int t = 0; t < NT; ++t) {
-                            const int8_t* xb = x.q_row(t) + b * QK + 16 * half + 4 * c;
+                            const int8_t* xb = q_row(x, t) + b * QK + 16 * half + 4 * c;
                             const __m256i p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(bcast(xb), w[half]));
                             dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
                         }
@@ -175,9 +175,9 @@ static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales
             const __m256 mw = SB == 32 ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sb + 16)))
                                        : _mm256_setzero_ps();
             for (int t = 0; t < NT; ++t) {
-                const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_set1_ps(x.d_row(t)[b]));
+                const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_set1_ps(d_row(x, t)[b]));
                 acc[t] = _mm256_fmadd_ps(dw, v, acc[t]);
-                if (F == WType::Q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s_row(t)[b]), acc[t]);
+                if (F == WType::Q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(s_row(x, t)[b]), acc[t]);
             }
         }
         const int n = rows - 8 * h < 8 ? rows - 8 * h : 8;

@@ -17,7 +17,7 @@ template <int NT>
 static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     __m512 acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = _mm512_setzero_ps(); }
+    for (int t = 0; t < NT; ++t) { xr[t] = f_row(x, t); acc[t] = _mm512_setzero_ps(); }
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask16(n - i);
         const __m512 wv = _mm512_maskz_loadu_ps(m, w + i);
@@ -37,7 +37,7 @@ static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* o
     const float* xr[NT];
     __m512 acc0[NT], acc1[NT];
     for (int t = 0; t < NT; ++t) {
-        xr[t] = x.f_row(t);
+        xr[t] = f_row(x, t);
         acc0[t] = _mm512_setzero_ps();
         acc1[t] = _mm512_setzero_ps();
     }
@@ -69,7 +69,7 @@ static void gemm_float(int64_t n, const void* w, int64_t wstride, int rows, cons
                        int64_t ldy) {
     constexpr int R = FGEMM_ROWS, NT = FGEMM_NT;
     const float* xr[NT];
-    for (int t = 0; t < NT; ++t) xr[t] = x.f_row(t < nt ? t : nt - 1);
+    for (int t = 0; t < NT; ++t) xr[t] = f_row(x, t < nt ? t : nt - 1);
     const uint16_t* wb[R];
     const float* wf[R];
     for (int r = 0; r < R; ++r) {
@@ -149,9 +149,9 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
     const float* xs[NT];
     __m512 acc[NP][NT];
     for (int t = 0; t < NT; ++t) {
-        xq[t] = x.q_row(t);
-        xd[t] = x.d_row(t);
-        xs[t] = x.s_row(t);
+        xq[t] = q_row(x, t);
+        xd[t] = d_row(x, t);
+        xs[t] = s_row(x, t);
         for (int p = 0; p < NP; ++p) acc[p][t] = _mm512_setzero_ps();
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -217,7 +217,7 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
     constexpr int64_t BLOCK = panel_block_bytes(Q4);
     const int tile = rows > PANEL_ROWS ? 4 : 8;
     for (int t0 = 0; t0 < nt; t0 += tile) {
-        const ActRows xt = x.from(t0);
+        const ActRows xt = rows_from(x, t0);
         float* yt = y + t0 * ldy;
         const int n = nt - t0 < tile ? nt - t0 : tile;
         if (n == 4 && rows > PANEL_ROWS) {
@@ -259,9 +259,9 @@ static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales
     const float* xs[NT];
     __m512 acc[NP][NT];
     for (int t = 0; t < NT; ++t) {
-        xq[t] = x.q_row(t);
-        xd[t] = x.d_row(t);
-        xs[t] = x.s_row(t);
+        xq[t] = q_row(x, t);
+        xd[t] = d_row(x, t);
+        xs[t] = s_row(x, t);
         for (int p = 0; p < NP; ++p) acc[p][t] = _mm512_setzero_ps();
     }
     const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -343,7 +343,7 @@ static void gemm_q4x(int64_t nb, const uint8_t* codes, const uint16_t* scales, c
     constexpr int64_t SB = PANEL_ROWS * scale_planes(F);
     const int tile = rows > PANEL_ROWS ? 4 : 8;
     for (int t0 = 0; t0 < nt; t0 += tile) {
-        const ActRows xt = x.from(t0);
+        const ActRows xt = rows_from(x, t0);
         float* yt = y + t0 * ldy;
         const int n = nt - t0 < tile ? nt - t0 : tile;
         if (n == 4 && rows > PANEL_ROWS) {

@@ -16,7 +16,7 @@ template <int NT>
 static void dot_f32_nt(int64_t n, const float* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     float32x4_t acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = vdupq_n_f32(0.0f); }
+    for (int t = 0; t < NT; ++t) { xr[t] = f_row(x, t); acc[t] = vdupq_n_f32(0.0f); }
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
         const float32x4_t wv = vld1q_f32(w + i);
@@ -33,7 +33,7 @@ template <int NT>
 static void dot_bf16_nt(int64_t n, const uint16_t* w, const ActRows& x, float* out, int64_t os) {
     const float* xr[NT];
     float32x4_t acc[NT];
-    for (int t = 0; t < NT; ++t) { xr[t] = x.f_row(t); acc[t] = vdupq_n_f32(0.0f); }
+    for (int t = 0; t < NT; ++t) { xr[t] = f_row(x, t); acc[t] = vdupq_n_f32(0.0f); }
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
         const float32x4_t wv = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(w + i), 16));  // bf16 -> f32
@@ -65,7 +65,7 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
                 for (int64_t l = 0; l < BLOCK; l += 64) __builtin_prefetch(pb + 1024 + l);
             int8x16_t x0[NT], x1[NT];  // the block's activations: groups 0-3 and 4-7, one per 32-bit lane
             for (int t = 0; t < NT; ++t) {
-                const int8_t* xb = x.q_row(t) + b * QK;
+                const int8_t* xb = q_row(x, t) + b * QK;
                 x0[t] = vld1q_s8(xb);
                 x1[t] = vld1q_s8(xb + 16);
             }
@@ -98,8 +98,8 @@ static void gemm_q_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales, 
             for (int j = 0; j < 2; ++j) {
                 const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(scales + b * PANEL_ROWS + 8 * h + 4 * j)));
                 for (int t = 0; t < NT; ++t) {
-                    float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), x.d_row(t)[b]);
-                    if (Q4) v = vsubq_f32(v, vdupq_n_f32(8.0f * x.s_row(t)[b]));
+                    float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), d_row(x, t)[b]);
+                    if (Q4) v = vsubq_f32(v, vdupq_n_f32(8.0f * s_row(x, t)[b]));
                     acc[j][t] = vfmaq_f32(acc[j][t], dw, v);
                 }
             }
@@ -136,7 +136,7 @@ static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales
                 for (int64_t l = 0; l < BLOCK; l += 64) __builtin_prefetch(pb + 1024 + l);
             int8x16_t x0[NT], x1[NT];
             for (int t = 0; t < NT; ++t) {
-                const int8_t* xb = x.q_row(t) + b * QK;
+                const int8_t* xb = q_row(x, t) + b * QK;
                 x0[t] = vld1q_s8(xb);
                 x1[t] = vld1q_s8(xb + 16);
             }
@@ -162,11 +162,11 @@ static void gemm_q4x_nt(int64_t nb, const uint8_t* codes, const uint16_t* scales
                 const uint16_t* sb = scales + b * SB + 8 * h + 4 * j;
                 const float32x4_t dw = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sb)));
                 for (int t = 0; t < NT; ++t) {
-                    const float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), x.d_row(t)[b]);
+                    const float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(dot[j][t]), d_row(x, t)[b]);
                     acc[j][t] = vfmaq_f32(acc[j][t], dw, v);
                     if (F == WType::Q4_1)
                         acc[j][t] = vfmaq_f32(acc[j][t], vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sb + 16))),
-                                              vdupq_n_f32(x.s_row(t)[b]));
+                                              vdupq_n_f32(s_row(x, t)[b]));
                 }
             }
         }

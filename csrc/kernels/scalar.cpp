@@ -13,7 +13,7 @@ namespace scalar {
 
 static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* out, int64_t os) {
     for (int t = 0; t < nt; ++t) {
-        const float* xr = x.f_row(t);
+        const float* xr = f_row(x, t);
         float acc = 0.0f;
         for (int64_t i = 0; i < n; ++i) acc += w[i] * xr[i];
         out[t * os] = acc;
@@ -22,7 +22,7 @@ static void dot_f32(int64_t n, const float* w, const ActRows& x, int nt, float* 
 
 static void dot_bf16(int64_t n, const uint16_t* w, const ActRows& x, int nt, float* out, int64_t os) {
     for (int t = 0; t < nt; ++t) {
-        const float* xr = x.f_row(t);
+        const float* xr = f_row(x, t);
         float acc = 0.0f;
         for (int64_t i = 0; i < n; ++i) acc += bf16_to_f32(w[i]) * xr[i];
         out[t * os] = acc;
@@ -34,8 +34,8 @@ static void gemm_q(int64_t nb, const uint8_t* codes, const uint16_t* scales, con
                    float* y, int64_t ldy) {
     const size_t block_bytes = size_t(panel_block_bytes(Q4));
     for (int t = 0; t < nt; ++t) {
-        const int8_t* xq = x.q_row(t);
-        const float* xd = x.d_row(t);
+        const int8_t* xq = q_row(x, t);
+        const float* xd = d_row(x, t);
         for (int r = 0; r < rows; ++r) {
             const int64_t p = r / PANEL_ROWS, rr = r % PANEL_ROWS;  // the panel of row r, its row there
             float acc = 0.0f;
@@ -56,9 +56,9 @@ static void gemm_q4x(int64_t nb, const uint8_t* codes, const uint16_t* scales, c
                      float* y, int64_t ldy) {
     constexpr int planes = scale_planes(F);
     for (int t = 0; t < nt; ++t) {
-        const int8_t* xq = x.q_row(t);
-        const float* xd = x.d_row(t);
-        const float* xs = x.s_row(t);
+        const int8_t* xq = q_row(x, t);
+        const float* xd = d_row(x, t);
+        const float* xs = s_row(x, t);
         for (int r = 0; r < rows; ++r) {
             const int64_t p = r / PANEL_ROWS, rr = r % PANEL_ROWS;
             float acc = 0.0f;
@@ -107,7 +107,7 @@ template <typename W, float (*Widen)(W)>
 static void gemm_float(int64_t n, const W* w, int64_t wstride, int rows, const ActRows& x, int nt, float* y,
                        int64_t ldy) {
     for (int t = 0; t < nt; ++t) {
-        const float* xr = x.f_row(t);
+        const float* xr = f_row(x, t);
         for (int r = 0; r < rows; ++r) {
             float acc = 0.0f;
             for (int64_t i = 0; i < n; ++i) acc += Widen(w[r * wstride + i]) * xr[i];

@@ -32,7 +32,7 @@ static inline void gemm_q_by_panel(int64_t nb, const uint8_t* codes, const uint1
         const uint8_t* pc = codes + p * nb * panel_block_bytes(Q4);
         const uint16_t* ps = scales + p * nb * PANEL_ROWS;
         for (int t0 = 0; t0 < nt; t0 += 4) {
-            const ActRows xt = x.from(t0);
+            const ActRows xt = rows_from(x, t0);
             float* yt = y + t0 * ldy + p * PANEL_ROWS;
             switch (nt - t0) {
                 case 1: Panel::template run<1, Q4>(nb, pc, ps, xt, pr, yt, ldy); break;
@@ -54,7 +54,7 @@ static inline void gemm_q4x_by_panel(int64_t nb, const uint8_t* codes, const uin
         const uint8_t* pc = codes + p * nb * panel_block_bytes(true);
         const uint16_t* ps = scales + p * nb * PANEL_ROWS * scale_planes(F);
         for (int t0 = 0; t0 < nt; t0 += 4) {
-            const ActRows xt = x.from(t0);
+            const ActRows xt = rows_from(x, t0);
             float* yt = y + t0 * ldy + p * PANEL_ROWS;
             switch (nt - t0) {
                 case 1: Panel::template run4x<1, F>(nb, pc, ps, xt, pr, yt, ldy); break;
