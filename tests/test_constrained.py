@@ -235,3 +235,14 @@ def test_smollm2_grammar_with_speculative_drafts(smollm2) -> None:
     drafted = smollm2.complete(ids, json_schema=schema, max_new_tokens=40, do_sample=False, speculative="ngram")
     assert drafted.tokens == plain.tokens and drafted.finish_reason == plain.finish_reason == "stop"
     jsonschema.validate(json.loads(drafted.text), schema)
+
+
+def test_smollm2_batch_with_a_grammar_per_prompt(smollm2) -> None:
+    """Each sequence of a batch has its own constraint; a bad one fails only its own prompt (errors="return")."""
+    rs = smollm2.complete_batch(
+        ["The year is", "My favourite color is", "x"], errors="return", max_new_tokens=10, do_sample=False,
+        per_prompt=[{"regex": r" [0-9]{4}\."}, {"json_schema": {"enum": ["red", "blue"]}},
+                    {"json_schema": {"type": "bad"}}])
+    assert re.fullmatch(r" [0-9]{4}\.", rs[0].text) and rs[0].finish_reason == "stop"
+    assert json.loads(rs[1].text) in ("red", "blue") and rs[1].finish_reason == "stop"
+    assert rs[2].finish_reason == "error" and rs[2].error.startswith("json_schema:")
