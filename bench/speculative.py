@@ -87,6 +87,9 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{task:13s} #{i}  off {row['off_tok_s']:6.1f} tok/s  on {row['on_tok_s']:6.1f} tok/s  "
                   f"x{row['speedup']:.2f}  acceptance {row['acceptance']:.2f}  "
                   f"tokens/forward {row['tokens_per_forward']:.2f}  ({row['decode_tokens']} tokens)", flush=True)
+            if args.out:  # what is done so far survives an interrupted run
+                with open(args.out + ".partial", "w") as f:
+                    json.dump(rows, f, indent=1)
     summary = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         rs = [r for r in rows if r["task"] == task]
