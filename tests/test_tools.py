@@ -214,7 +214,8 @@ def test_smollm2_history_with_tool_result(smollm2) -> None:
 def _stream(plan: tools.ToolPlan, pieces: list[str], finish: str = "stop") -> tuple[str, tools.ChatReply]:
     ts = tools.ToolStream(plan)
     sent = "".join(ts.push(p) for p in pieces)
-    rest, reply = ts.finish(finish)
+    rest, reply, deltas = ts.finish(finish)
+    assert deltas == tools.tool_call_deltas(reply.tool_calls)  # an auto call is sent whole at the end
     return sent + rest, reply
 
 
@@ -239,7 +240,7 @@ def test_tool_stream_chatml_content_then_call() -> None:
     assert ts.push("Let me check. <") == "Let me check. "
     assert ts.push("tool_c") == ""
     assert ts.push('all>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>') == ""
-    rest, reply = ts.finish("stop")
+    rest, reply, _ = ts.finish("stop")
     assert rest == "" and reply.tool_calls[0].name == "get_time" and reply.content == "Let me check."
     sent, reply = _stream(plan, ["a <", "b> c"])
     assert sent == "a <b> c" and reply.tool_calls == []
@@ -272,3 +273,27 @@ def test_llama3_forced_call_through_model_chat(sampling: dict) -> None:
             reply = model.chat([{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER, TIME],
                                tool_choice=choice, max_new_tokens=80, **sampling)
             _validate(reply, [WEATHER, TIME])
+
+
+@pytest.mark.parametrize("fmt", ["llama3", "chatml"])
+def test_tool_stream_forced_call_streams_arguments(fmt: str) -> None:
+    """A forced call streams its name once complete, then its arguments piece by piece; the pieces add up to the
+    final call's arguments, and nothing is sent as content."""
+    model = _llama3_model() if fmt == "llama3" else types.SimpleNamespace(chat_format=ChatMLFormat(chatml_tokenizer()))
+    plan = tools.plan_chat(model, [{"role": "user", "content": "hi"}], tools=[WEATHER, TIME], tool_choice="required")
+    key = "parameters" if fmt == "llama3" else "arguments"
+    text = '{"name": "get_weather", "' + key + '": {"city": "S\\u00e3o Paulo", "unit": "celsius"}}'
+    text = text if fmt == "llama3" else f"<tool_call>\n{text}\n</tool_call>"
+    ts = tools.ToolStream(plan)
+    deltas, content = [], ""
+    for i in range(0, len(text), 3):
+        content += ts.push(text[i:i + 3])
+        deltas += ts.call_deltas()
+    rest, reply, last = ts.finish("stop")
+    deltas += last
+    assert content == rest == "" and reply.finish_reason == "tool_calls"
+    head = deltas[0]["tool_calls"][0]
+    assert head["function"]["name"] == "get_weather" and head["id"] == reply.tool_calls[0].id
+    args = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas)
+    assert len(deltas) > 5 and args == reply.tool_calls[0].arguments
+    assert json.loads(args) == {"city": "S\u00e3o Paulo", "unit": "celsius"}

@@ -514,15 +514,24 @@ def chat_with_tools(model: Any, messages: Any, *, date_string: str | None = None
     return reply
 
 
+_FORCED_HEAD = re.compile(r'^(?:<tool_call>\n)?\{"name": "((?:[^"\\]|\\.)*)", "(?:parameters|arguments)": ')
+
+
 class ToolStream:
     """Streams a chat reply when tools are on: content passes through as it comes, text that may be a call is held
-    back, and at the end the held text becomes tool calls (or, when it is not a call, content after all)."""
+    back, and at the end the held text becomes tool calls (or, when it is not a call, content after all). A forced
+    call (tool_choice required or named; its shape is fixed by the grammar) streams as it is generated: the name
+    once it is complete, then the arguments piece by piece."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
         self._text = ""
         self._sent = 0  # characters of _text already sent as content
-        self._holding = plan.forced  # a forced call is held whole
+        self._holding = plan.forced  # a forced call is never content
+        self._call: ToolCall | None = None  # the forced call whose name was sent
+        self._args_at = 0  # where its arguments start in _text
+        self._args_sent = 0  # characters of its arguments sent
+        self._tail = len("}\n</tool_call>") if isinstance(plan.fmt, ChatMLToolFormat) else len("}")
 
     @property
     def active(self) -> bool:
@@ -545,17 +554,44 @@ class ToolStream:
                 return out
         return ""
 
+    def call_deltas(self) -> list[dict[str, Any]]:
+        """Tool-call deltas of a forced call that can be sent now (the name, then arguments held back by the length
+        of the closing text that follows them)."""
+        if not (self.plan.forced and self.active):
+            return []
+        out: list[dict[str, Any]] = []
+        if self._call is None:
+            m = _FORCED_HEAD.match(self._text)
+            if m is None:
+                return []
+            self._call = ToolCall(json.loads(f'"{m.group(1)}"'), "")
+            self._args_at = m.end()
+            out.append({"tool_calls": [{"index": 0, "id": self._call.id, "type": "function",
+                                        "function": {"name": self._call.name, "arguments": ""}}]})
+        ready = len(self._text) - self._tail - self._args_at
+        if ready > self._args_sent:
+            piece = self._text[self._args_at + self._args_sent:self._args_at + ready]
+            self._args_sent = ready
+            out.append({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        return out
+
     def _release(self) -> str:
         out = self._text[self._sent:]
         self._sent = len(self._text)
         return out
 
-    def finish(self, finish_reason: str) -> tuple[str, ChatReply]:
-        """(content still to send, the whole reply) once generation ended."""
+    def finish(self, finish_reason: str) -> tuple[str, ChatReply, list[dict[str, Any]]]:
+        """(content still to send, the whole reply, tool-call deltas still to send) once generation ended."""
         reply = self.plan.parse(self._text, finish_reason)
+        if self._call is not None and reply.tool_calls:  # the streamed call: its id, its arguments as sent
+            args = self._text[self._args_at:len(self._text) - self._tail]
+            rest = args[self._args_sent:]
+            self._call.arguments = args
+            reply.tool_calls = [self._call]
+            return "", reply, [{"tool_calls": [{"index": 0, "function": {"arguments": rest}}]}] if rest else []
         if reply.tool_calls:
-            return "", reply
-        return self._release(), reply
+            return "", reply, tool_call_deltas(reply.tool_calls)
+        return self._release(), reply, []
 
 
 def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from ..constrained import warm_grammar_tokenizers
 from ..errors import Error
-from ..tools import ToolStream, tool_call_deltas
+from ..tools import ToolStream
 from .config import ServerConfig
 from .errors import ApiError, error_body
 from .guard import Guard, default_hosts
@@ -227,10 +227,11 @@ def chat_chunks_for(base: dict[str, Any], ev: TextEvent | DoneEvent, model: Any,
     ts = streams[ev.index]
     if isinstance(ev, TextEvent):
         text = ts.push(ev.text)
-        return [chat_chunk(base, ev.index, {"content": text}, None, ev, model)] if text or ev.logprobs else []
-    rest, reply = ts.finish(ev.finish_reason)
+        out = [chat_chunk(base, ev.index, {"content": text}, None, ev, model)] if text or ev.logprobs else []
+        return out + [chat_chunk(base, ev.index, delta, None) for delta in ts.call_deltas()]
+    rest, reply, deltas = ts.finish(ev.finish_reason)
     out = [chat_chunk(base, ev.index, {"content": rest}, None)] if rest else []
-    out += [chat_chunk(base, ev.index, delta, None) for delta in tool_call_deltas(reply.tool_calls)]
+    out += [chat_chunk(base, ev.index, delta, None) for delta in deltas]
     return out + [chat_chunk(base, ev.index, {}, reply.finish_reason)]
 
 
