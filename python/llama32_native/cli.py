@@ -263,8 +263,14 @@ def _speculation(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         if k is not None:
             raise CliError("--num-speculative-tokens needs --speculative")
         return {}
+    from .speculative import DEFAULT_SPECULATIVE_TOKENS, check_speculative, forward_profile
+
+    check_speculative("ngram", DEFAULT_SPECULATIVE_TOKENS if k is None else k)
     if spec != "ngram":
         spec = _load(args, spec, max_sequences=model.max_sequences)
+        forward_profile(spec, 1)
+    # The forward costs the draft length is chosen from, measured once per model: now, not in the first request.
+    forward_profile(model, (DEFAULT_SPECULATIVE_TOKENS if k is None else k) + 1)
     return {"speculative": spec, "num_speculative_tokens": k}
 
 
