@@ -75,13 +75,14 @@ def _policy_env(policy: str) -> dict[str, str]:
     return {name: value}
 
 
-def _run(model_name: str, threads: list[str], loads: list[str], policy: str, n_gen: int,
-         seconds: float) -> list[dict[str, Any]]:
+def _run(model_name: str, threads: list[str], loads: list[str], policy: str, n_gen: int, seconds: float,
+         nice: int = 0) -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     env.update(_policy_env(policy))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps([model_name, threads, loads, n_gen,
                                                                                 seconds])]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False,
+                       preexec_fn=(lambda: os.nice(nice)) if nice else None)  # the busy loop inherits it
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -104,6 +105,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="repetitions of every configuration (medians reported)")
     ap.add_argument("--n-gen", type=int, default=64, help="most tokens per timed stretch")
     ap.add_argument("--seconds", type=float, default=3.0, help="most seconds of decoding per measurement")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the workers and their competing process at this nice value; -20 (root) approximates an "
+                         "idle machine on a shared one: other users' processes then get ~1%% of a CPU each")
     ap.add_argument("--json", default=None, help="write every run here")
     a = ap.parse_args()
     configs = [(m, p) for m in a.models for p in a.policies]
@@ -115,7 +119,7 @@ def main() -> int:
         threads = a.threads if rnd % 2 == 0 else a.threads[::-1]
         for i, (m, p) in enumerate(order):
             la = _load_sample()
-            for r in _run(m, threads, loads, p, a.n_gen, a.seconds):
+            for r in _run(m, threads, loads, p, a.n_gen, a.seconds, a.nice):
                 r.update(model=m, policy_arg=p, round=rnd, loadavg=la)
                 runs.append(r)
                 print(f"# round {rnd + 1}/{a.rounds} [{i + 1}/{len(order)}] {r['load']:<6} {m:<8} "
