@@ -25,6 +25,7 @@ from llama32_native.errors import (
 )
 from llama32_native.loading import gguf_dequant
 from llama32_native.loading.gguf import GGML_TYPES, hf_row_order, load_gguf, read_gguf
+from llama32_native.quant import BLOCK_BYTES, dequantize
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 K_TYPES = {"Q4_K", "Q5_K", "Q6_K"}
@@ -251,7 +252,7 @@ def encode(w_hf: np.ndarray, type_name: str) -> tuple[np.ndarray, Any]:
 def expected_data(encoded: np.ndarray, type_name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Kept formats: the encoded array itself; the rest: the gguf package's dequantization."""
     gguf = pytest.importorskip("gguf")
-    if type_name in ("F32", "F16", "BF16", "Q8_0", "Q4_0"):
+    if type_name in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"):
         return encoded
     return gguf.quants.dequantize(encoded, gguf.GGMLQuantizationType[type_name]).reshape(shape)
 
@@ -323,8 +324,14 @@ def build_llama(
     return Built(path, expected)
 
 
-KIND = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0"}
-DATA_DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q4_0": np.uint8}
+# The kind each GGUF type is kept as (docs/FORMATS.md): its own where the engine has it, else the nearest exact one
+KIND = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1", "Q4_K": "q4_1",
+        "Q5_0": "q8_0", "Q5_1": "q8_0", "Q5_K": "q8_0", "Q6_K": "q8_0"}
+DATA_DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q4_0": np.uint8,
+              "q4_1": np.uint8}
+# Largest error of a converted type's values, as a fraction of the tensor's largest value: Q5_0 -> q8_0 is exact,
+# Q4_K -> q4_1 rounds its scale products to f16, Q5_1/Q5_K/Q6_K -> q8_0 are within half a step of an 8-bit code.
+CONVERTED_ERROR = {"Q5_0": 0.0, "Q4_K": 2.0**-9, "Q5_1": 0.51 / 127, "Q5_K": 0.51 / 127, "Q6_K": 0.51 / 127}
 
 
 @pytest.mark.parametrize(
@@ -356,10 +363,15 @@ def test_tiny_llama_roundtrip(tmp_path: Path, type_name: str) -> None:
         assert t.kind == kind, name
         assert t.shape == (matrix_shapes(cfg) | {n: (cfg.d,) for n in norm_names(cfg)})[name]
         assert t.data.dtype == DATA_DTYPE[kind] and t.data.flags.c_contiguous, name
-        if kind in ("q8_0", "q4_0"):
-            assert t.data.shape == (t.shape[0], t.shape[1] // 32 * (34 if kind == "q8_0" else 18))
+        if kind in BLOCK_BYTES:
+            assert t.data.shape == (t.shape[0], t.shape[1] // 32 * BLOCK_BYTES[kind])
         else:
             assert t.data.shape == t.shape
+        if type_name in CONVERTED_ERROR and want.ndim == 2:  # converted blocks against the gguf package's values
+            got = dequantize(t.data, kind, t.shape[1])
+            atol = CONVERTED_ERROR[type_name] * float(np.abs(want).max())
+            np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=name)
+            continue
         np.testing.assert_array_equal(t.data, want, err_msg=name)
     assert tok["tokenizer.ggml.pre"] == "llama-bpe"
     assert tok["tokenizer.chat_template"] == "{{ messages }}"
@@ -493,8 +505,8 @@ def test_load_errors(tmp_path: Path, case: str) -> None:
 def test_unsupported_quant_type(tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf")
 
-    def edit(tensors: dict[str, Any]) -> None:  # IQ4_NL: a 32-element block type with no importer
-        tensors["blk.0.attn_v.weight"] = (np.zeros((32, 2 * 18), np.uint8), gguf.GGMLQuantizationType.IQ4_NL)
+    def edit(tensors: dict[str, Any]) -> None:  # Q8_1: a 32-element block type with no importer
+        tensors["blk.0.attn_v.weight"] = (np.zeros((32, 2 * 40), np.uint8), gguf.GGMLQuantizationType.Q8_1)
 
     with pytest.raises(UnsupportedDTypeError):
         load_gguf(build_llama(tmp_path, edit_tensors=edit).path)
@@ -615,7 +627,7 @@ def test_smollm2_file() -> None:
     assert config.bos_token_id == 1 and 2 in config.eos_token_ids
     assert tok["tokenizer.ggml.pre"] == "smollm" and "<|im_start|>" in tok["tokenizer.chat_template"]
     assert len(tensors) == 2 + 9 * 30
-    assert tensors["tok_embd"].kind == "q8_0" and tensors["blk.0.attn_q"].kind == "f32"
+    assert tensors["tok_embd"].kind == "q8_0" and tensors["blk.0.attn_q"].kind == "q4_1"  # kept as the file holds
     for name, t in tensors.items():
         values = gguf_dequant.dequant_q8_0(t.data) if t.kind == "q8_0" else t.data
         assert np.isfinite(values).all(), name

@@ -21,7 +21,7 @@ from .generation import Decoder
 from .model import DEFAULT_CONTEXT_LENGTH, default_threads
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPT = 1, 2, 130
-QUANT_CHOICES = ("q4_0", "q8_0", "bf16", "f32")
+QUANT_CHOICES = ("q4_0", "q8_0", "bf16", "f32", "q4_1", "iq4_nl")
 
 
 class CliError(Exception):
@@ -29,9 +29,10 @@ class CliError(Exception):
 
 
 # ====================================================================== argument parsing
-def _add_load_args(p: argparse.ArgumentParser, quant_default: str | None = "q4_0") -> None:
+def _add_load_args(p: argparse.ArgumentParser, quant_default: str | None = None) -> None:
     p.add_argument("--quant", choices=QUANT_CHOICES, default=quant_default,
-                   help="in-memory weight format (default: %(default)s; a saved model keeps its own)")
+                   help="in-memory weight format (default: what the file holds: a GGUF's own formats, a saved "
+                        "model's; q4_0 for a Hugging Face directory)")
     p.add_argument("--threads", type=int, default=None,
                    help=f"compute threads (default: the CPUs this process may use, from affinity and cgroup quota: "
                         f"{default_threads()} here)")
@@ -163,7 +164,7 @@ def _load(args: argparse.Namespace, path: str, max_sequences: int = 8, quant: st
     from .hub import resolve_model
     from .model import Model
 
-    quant = quant or getattr(args, "quant", None) or "q4_0"
+    quant = quant or getattr(args, "quant", None)
     path = resolve_model(path, progress=lambda msg: _progress(args, msg))
     _progress(args, f"loading {path} ...")
     t0 = time.perf_counter()
@@ -228,8 +229,12 @@ def model_summary(model: Any) -> dict[str, Any]:
         tokenizer = {"n_vocab": tok.n_vocab, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
                      "stop_tokens": sorted(tok.stop_tokens), "n_special": len(tok.special_ids)}
     fmt = model.chat_format
+    held = model.info()
     return {
         "source": model.source, "quant": model.quant, "weight_bytes": model.weight_bytes,
+        "bytes_per_token": held["bytes_per_token"],
+        "tensors": {g: " ".join(f"{k} x{n}" for k, n in v["formats"].items()) + f" ({v['bytes'] / 2**20:.1f} MiB)"
+                    for g, v in held["groups"].items()},
         "weight_mib": round(model.weight_bytes / 2**20, 2), "parameters": n_params,
         "context_length": model.context_length, "isa": model.isa, "threads": model.threads,
         "chat_format": type(fmt).__name__ if fmt is not None else None, "tokenizer": tokenizer, "config": config,

@@ -33,7 +33,7 @@ from .loading.synthetic import GeneratedTensors
 from .memory import check_load
 from .schema import matrix_names, tensor_plan, vector_names
 
-QUANTS = ("f32", "bf16", "q8_0", "q4_0")
+QUANTS = ("f32", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl")
 KV_TYPES = ("f32", "f16", "q8_0")
 PREFILL_CHUNK = 512  # rows per forward call while feeding a long prompt: bounds activation memory
 Prompt = Union[str, Sequence[int]]
@@ -61,6 +61,39 @@ def resolve_context_length(value: int | None, config: LlamaConfig) -> int:
         raise InvalidArgumentError(f"context_length={n} exceeds this model's maximum of {config.n_ctx} positions; "
                                    f"pass at most {config.n_ctx}, or leave it out for {default}")
     return n
+
+
+def _matrix_shape(config: LlamaConfig, name: str) -> tuple[int, int]:
+    c = config
+    short = name.split(".")[-1]
+    shapes = {"tok_embd": (c.n_vocab, c.n_embd), "output": (c.n_vocab, c.n_embd), "attn_q": (c.q_dim, c.n_embd),
+              "attn_k": (c.kv_dim, c.n_embd), "attn_v": (c.kv_dim, c.n_embd), "attn_output": (c.n_embd, c.q_dim),
+              "ffn_gate": (c.n_ff, c.n_embd), "ffn_up": (c.n_ff, c.n_embd), "ffn_down": (c.n_embd, c.n_ff)}
+    return shapes[short]
+
+
+def _load_plan(ckpt: Any, quant: str | None, source: str) -> tuple[dict[str, str] | None, str]:
+    """(plan, quant) for from_pretrained: a saved model's own plan; a GGUF's formats unless quant= asks for
+    another (then one line says what is converted); quant or q4_0 for the rest."""
+    if ckpt.plan is not None:
+        return ckpt.plan, ckpt.quant or quant or "q4_0"
+    file_plan = getattr(ckpt, "file_plan", None)
+    if file_plan is None:
+        return None, quant or "q4_0"
+    if quant is None:
+        counts: dict[str, int] = {}
+        for kind in file_plan.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(file_plan), max(counts, key=lambda k: counts[k])
+    plan = tensor_plan(ckpt.config, quant)
+    changed = sorted({f"{file_plan[n]} -> {k}" for n, k in plan.items() if n in file_plan and file_plan[n] != k})
+    if changed and quant != "f32":  # to f32 nothing is lost: no notice
+        import logging
+
+        logging.getLogger("llama32_native").warning(
+            "%s: quant=%s rounds the file's weights a second time (%s); omit quant= to keep them as they are",
+            source, quant, ", ".join(changed))
+    return plan, quant
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -287,6 +320,7 @@ class Model:
                    max_sequences=max_sequences, kv_cache=kv_cache)
         self._engine = _core.Engine(_core_config(config), context_length, max_sequences, kv_cache, threads)
         plan = dict(plan) if plan is not None else tensor_plan(config, quant)
+        self._plan = plan  # the in-memory type of every matrix (info())
         self._load_tensors(tensors, plan, progress)
 
     # ------------------------------------------------------------------ construction
@@ -305,7 +339,7 @@ class Model:
 
                     raise MissingTensorError(f"tensor {name!r} is missing")
                 target = plan.get(name, "f32")
-                if target in ("q8_0", "q4_0") and t.shape[-1] % 32 != 0:
+                if target in ("q8_0", "q4_0", "q4_1", "iq4_nl") and t.shape[-1] % 32 != 0:
                     raise TensorShapeError(
                         f"tensor {name}: width {t.shape[-1]} is not a multiple of 32, which {target} needs; "
                         f"load with quant='bf16' or 'f32'"
@@ -325,20 +359,27 @@ class Model:
             bar.close()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, quant: str = "q4_0", threads: int | None = None,
+    def from_pretrained(cls, path: str | os.PathLike, quant: str | None = None, threads: int | None = None,
                         context_length: int | None = None, kv_cache: str = "f16", max_sequences: int = 8,
                         check_tensors: bool = False, progress: bool | None = None) -> "Model":
-        """Load a Hugging Face directory, a .gguf file, or a file written by Model.save()."""
+        """Load a Hugging Face directory, a .gguf file, or a file written by Model.save().
+
+        quant=None keeps what the file holds: a GGUF's tensors stay in their own formats (docs/FORMATS.md: Q4_K as
+        q4_1, Q5/Q6 kinds as q8_0), a saved model as saved; a Hugging Face directory becomes q4_0. A quant that
+        rounds a GGUF's weights again says so in one line on the `llama32_native` logger.
+        """
         from .hub import resolve_model
         from .loading.open import open_checkpoint
 
-        _check_choice("quant", quant, QUANTS)
+        if quant is not None:
+            _check_choice("quant", quant, QUANTS)
         path = resolve_model(path)  # a path, a short name like "smollm2", or a Hugging Face repo id
         ckpt = open_checkpoint(path, check_tensors=check_tensors)
         try:
-            return cls(ckpt.config, ckpt.tensors, quant=ckpt.quant or quant, threads=threads,
+            plan, quant = _load_plan(ckpt, quant, os.fspath(path))
+            return cls(ckpt.config, ckpt.tensors, quant=quant, threads=threads,
                        context_length=context_length, kv_cache=kv_cache, max_sequences=max_sequences,
-                       tokenizer=ckpt.tokenizer, chat_format=ckpt.chat_format, plan=ckpt.plan,
+                       tokenizer=ckpt.tokenizer, chat_format=ckpt.chat_format, plan=plan,
                        progress=progress, source=os.fspath(path))
         finally:
             ckpt.close()
@@ -362,6 +403,30 @@ class Model:
         return cls(config, tensors, quant=quant, threads=threads, context_length=context_length,
                    kv_cache=kv_cache, max_sequences=max_sequences, tokenizer=tokenizer, plan=plan,
                    source=f"random(seed={seed})")
+
+    def info(self) -> dict[str, Any]:
+        """What the engine holds: the format(s) and bytes of each tensor group (tok_embd, output, attn_q, ...,
+        ffn_down), all weight bytes, and the weight bytes one decode step reads (every matrix but the embedding
+        table, of which one row)."""
+        from .schema import engine_nbytes
+
+        with self._lock:
+            self._check_open()
+            groups: dict[str, dict[str, Any]] = {}
+            per_token = 0
+            for name in matrix_names(self.config):
+                kind = self._plan.get(name, "f32")
+                shape = _matrix_shape(self.config, name)
+                nbytes = engine_nbytes(kind, shape)
+                group = name.split(".")[-1]
+                g = groups.setdefault(group, {"formats": {}, "tensors": 0, "bytes": 0})
+                g["formats"][kind] = g["formats"].get(kind, 0) + 1
+                g["tensors"] += 1
+                g["bytes"] += nbytes
+                read_whole = name != "tok_embd" or self.config.tie_word_embeddings
+                per_token += nbytes if read_whole else nbytes // shape[0]
+            return {"source": self.source, "quant": self.quant, "isa": self.isa, "threads": self.threads,
+                    "weight_bytes": self.weight_bytes, "bytes_per_token": per_token, "groups": groups}
 
     # ------------------------------------------------------------------ properties
     @property

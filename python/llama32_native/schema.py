@@ -22,7 +22,7 @@ LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_
 LAYER_VECTORS = ("attn_norm", "ffn_norm")
 
 # Kinds a loader hands over (loading.Tensor.kind) and the block-quantized ones among them.
-KINDS = ("f32", "f16", "bf16", "q8_0", "q4_0")
+KINDS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl")
 QK = 32  # weights per quantization block
 # Bytes per block of QK weights (ggml layout: f16 scale + payload).
 BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "iq4_nl": 18}
@@ -78,12 +78,12 @@ def vector_names(config: LlamaConfig) -> list[str]:
 
 
 def tensor_plan(config: LlamaConfig, quant: str) -> dict[str, str]:
-    """The in-memory type of every matrix for a quant mode ("f32", "bf16", "q8_0", "q4_0").
+    """The in-memory type of every matrix for a quant mode ("f32", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl").
 
-    q4_0 keeps the embedding table and output layer at 8 bits (q8_0), as Meta's quantized Llama 3.2 does:
-    they are the largest matrices and the most sensitive to 4-bit error.
+    The 4-bit modes keep the embedding table and output layer at 8 bits (q8_0), as Meta's quantized Llama 3.2
+    does: they are the largest matrices and the most sensitive to 4-bit error.
     """
-    big = "q8_0" if quant == "q4_0" else quant
+    big = "q8_0" if quant in ("q4_0", "q4_1", "iq4_nl") else quant
     return {name: big if name in ("tok_embd", "output") else quant for name in matrix_names(config)}
 
 

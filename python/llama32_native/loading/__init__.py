@@ -45,6 +45,7 @@ class Checkpoint:
     plan: dict[str, str] | None = None  # in-memory types fixed by the file (saved models)
     quant: str | None = None
     closers: list[Callable[[], None]] = dataclasses.field(default_factory=list)
+    file_plan: dict[str, str] | None = None  # the formats a GGUF holds: the default plan, which quant= overrides
 
     def close(self) -> None:
         for c in self.closers:

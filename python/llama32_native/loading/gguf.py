@@ -31,6 +31,7 @@ from ..schema import tensor_shapes
 from ..tokenizer import END_OF_GENERATION_NAMES
 from . import Tensor
 from .gguf_dequant import GGML_TYPES, dequantize
+from .gguf_native import to_native
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -463,7 +464,7 @@ def _parse(mm: mmap.mmap, size: int, path: str) -> GGUFFile:
 # GGUF name (without ".weight") -> internal name, for the non-layer tensors
 _GLOBAL_TENSORS = {"token_embd": "tok_embd", "output_norm": "output_norm", "output": "output"}
 _KEPT_QUANT = {"Q4_0": "q4_0", "Q8_0": "q8_0"}
-_DEQUANTIZED = frozenset({"Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"})
+_DEQUANTIZED = frozenset({"Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"})
 TOKEN_TYPE_CONTROL = 3
 
 
@@ -614,18 +615,10 @@ def _convert(raw: np.ndarray, info: GGUFTensorInfo, rows: np.ndarray | None) -> 
     name = info.type_name
     if name not in _DEQUANTIZED and name not in _KEPT_QUANT and name not in ("F32", "F16", "BF16"):
         raise UnsupportedDTypeError(f"tensor {info.name!r} has GGUF type {name}, which cannot be imported")
-    if len(shape) == 1 or name in _DEQUANTIZED:
+    if len(shape) == 1:
         kind, data = "f32", dequantize(raw, name, info.n_elements).reshape(shape)
-    elif name in _KEPT_QUANT:
-        _, block_elems, block_bytes = GGML_TYPES[info.ggml_type]
-        kind = _KEPT_QUANT[name]
-        data = raw.reshape(shape[0], shape[1] // block_elems * block_bytes)
-    elif name == "F32":
-        kind, data = "f32", raw.view("<f4").reshape(shape)
-    elif name == "F16":
-        kind, data = "f16", raw.view("<f2").reshape(shape)
-    else:
-        kind, data = "bf16", raw.view("<u2").reshape(shape)
+    else:  # the file's own format where the engine has it, else the nearest exact one (docs/FORMATS.md)
+        kind, data = to_native(raw, name, shape[0], shape[1])
     if rows is not None:
         data = np.ascontiguousarray(data[rows])
     return Tensor(kind=kind, shape=shape, data=data)

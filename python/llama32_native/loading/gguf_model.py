@@ -75,4 +75,5 @@ def open_gguf(path: str) -> Checkpoint:
     config, tensors, meta = load_gguf(path)
     tok = tokenizer_from_gguf(meta, config.n_vocab)
     fmt = chat_format_from_template(tok, meta.get("tokenizer.chat_template"))
-    return Checkpoint(config, tensors, tok, fmt)
+    file_plan = {name: "f32" if t.kind == "f16" else t.kind for name, t in tensors.items() if len(t.shape) == 2}
+    return Checkpoint(config, tensors, tok, fmt, file_plan=file_plan)

@@ -8,7 +8,7 @@ Contract (docs/FORMATS.md): `native_kind(type)` names the in-memory kind a GGUF 
   Q5_0                      -> q8_0 exactly (codes q - 16 fit int8 under the same scale);
   Q5_1, Q5_K, Q6_K          -> q8_0 requantized from the exact values against the stored f16 scale: error at
                                most half a step of the 8-bit code;
-  F32, BF16                 -> themselves; F16 -> f32 (the engine keeps no f16 matrices; f32 is exact).
+  F32, BF16, F16            -> themselves (the engine holds an f16 matrix as f32, exactly).
 Large tensors are converted in row chunks so temporaries stay small.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 from ..quant import BLOCK_BYTES
 from .gguf_dequant import _f16, _k_nibbles, _k_scales_mins, dequantize
 
-# GGUF type name -> the engine kind it is kept as
+# GGUF type name -> the kind a loader hands over (loading.Tensor.kind), which the engine keeps
 NATIVE_KIND = {
-    "F32": "f32", "F16": "f32", "BF16": "bf16",
+    "F32": "f32", "F16": "f16", "BF16": "bf16",
     "Q4_0": "q4_0", "Q8_0": "q8_0", "Q4_1": "q4_1", "IQ4_NL": "iq4_nl",
     "Q4_K": "q4_1",
     "Q5_0": "q8_0", "Q5_1": "q8_0", "Q5_K": "q8_0", "Q6_K": "q8_0",
@@ -101,7 +101,7 @@ def to_native(raw: np.ndarray, type_name: str, rows: int, cols: int) -> tuple[st
     """(kind, data) of a GGUF matrix [rows, cols] in its default engine kind (see the module contract).
 
     Block kinds come back as plain blocks [rows, cols/32*BLOCK_BYTES[kind]] (a view of `raw` when verbatim);
-    float kinds as [rows, cols] arrays (f32, or bf16 bits as uint16)."""
+    float kinds as [rows, cols] views (f32, f16, or bf16 bits as uint16)."""
     kind = NATIVE_KIND.get(type_name)
     if kind is None:
         raise ValueError(f"GGUF type {type_name} has no engine format")
@@ -113,7 +113,7 @@ def to_native(raw: np.ndarray, type_name: str, rows: int, cols: int) -> tuple[st
     if type_name == "BF16":
         return kind, flat.view("<u2").reshape(rows, cols)
     if type_name == "F16":
-        return kind, flat.view("<f2").astype(np.float32).reshape(rows, cols)
+        return kind, flat.view("<f2").reshape(rows, cols)
     elems, nbytes = _GGUF_BLOCK[type_name]
     out = np.empty(rows * (cols // 32) * BLOCK_BYTES[kind], dtype=np.uint8)
     step = max(1, _CHUNK_ELEMENTS // elems)  # blocks per chunk

@@ -29,7 +29,7 @@ from . import Tensor
 from .safetensors import SafetensorsFile, write_safetensors
 
 FORMAT_TAG = "llama32_native/1"
-QUANTS = ("f32", "bf16", "q8_0", "q4_0")
+QUANTS = ("f32", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl")
 _STORED_AS = {"f32": "F32", "f16": "F16", "bf16": "BF16", **{k: "U8" for k in schema.BLOCK_BYTES}}
 _STORAGE_DTYPE = {k: v for k, v in _STORED_AS.items() if v in ("BF16", "U8")}  # numpy cannot tell these apart
 _TOKENIZER_TENSORS = ("__tokenizer.bytes", "__tokenizer.offsets")

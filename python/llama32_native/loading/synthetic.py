@@ -22,8 +22,12 @@ def _random_blocks(rng: np.random.Generator, rows: int, cols: int, kind: str) ->
     if kind == "q8_0":
         out[:, :, 2:] = np.where(out[:, :, 2:] == 128, 129, out[:, :, 2:])  # codes in [-127, 127]
         scale = WEIGHT_STD / 73.0  # std of uniform ints in [-127, 127]
+    elif kind == "iq4_nl":
+        scale = WEIGHT_STD / 70.0  # std of the 16 grid levels
     else:
-        scale = WEIGHT_STD / 4.6  # std of uniform nibbles minus 8
+        scale = WEIGHT_STD / 4.6  # std of uniform nibbles (minus 8 for q4_0)
+    if kind == "q4_1":  # the min centres the nibbles: y = d * q + m, m = -7.5 d
+        out[:, :, 2:4] = np.frombuffer(np.float16(-7.5 * scale).tobytes(), dtype=np.uint8)
     out[:, :, 0:2] = np.frombuffer(np.float16(scale).tobytes(), dtype=np.uint8)
     return out.reshape(rows, nb * bb)
 
