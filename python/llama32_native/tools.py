@@ -281,6 +281,7 @@ class Llama3ToolFormat:
     """Meta's Llama 3.2 lightweight-model tool prompt with JSON calls (see the module docstring)."""
 
     args_key = "parameters"
+    closing_len = len("}")  # what follows a forced call's arguments
 
     @staticmethod
     def held_from(text: str) -> int | None:
@@ -328,6 +329,7 @@ class ChatMLToolFormat:
     """Hermes/Qwen tool calls in ChatML (see the module docstring)."""
 
     args_key = "arguments"
+    closing_len = len("}\n</tool_call>")  # what follows a forced call's arguments
 
     @staticmethod
     def held_from(text: str) -> int | None:
@@ -411,6 +413,9 @@ class ToolPlan:
             return ChatReply(text, [], finish_reason)
         content, calls = parsed
         out = [ToolCall(name, json.dumps(args, ensure_ascii=False)) for name, args in calls[: None if self.parallel else 1]]
+        m = _FORCED_HEAD.match(text) if self.forced else None
+        if m is not None:  # a forced call keeps its arguments as generated (as streamed), byte for byte
+            out[0].arguments = text[m.end():len(text) - self.fmt.closing_len]
         return ChatReply(content or None, out, "tool_calls")
 
 
@@ -531,7 +536,7 @@ class ToolStream:
         self._call: ToolCall | None = None  # the forced call whose name was sent
         self._args_at = 0  # where its arguments start in _text
         self._args_sent = 0  # characters of its arguments sent
-        self._tail = len("}\n</tool_call>") if isinstance(plan.fmt, ChatMLToolFormat) else len("}")
+        self._tail = plan.fmt.closing_len
 
     @property
     def active(self) -> bool:
