@@ -589,8 +589,9 @@ def test_server_speculative_outputs_equal_plain_and_health_reports_acceptance(tm
                 got = [ch["text"] for ch in sorted(r.json()["choices"], key=lambda ch: ch["index"])]
                 assert got == want
                 health = c.get("/health").json()["speculative"]
-                assert health["drafts_proposed"] > 0 and 0 <= health["acceptance"] <= 1
-                assert health["tokens_per_forward"] >= 1
+                assert 0 <= health["acceptance"] <= 1 and health["tokens_per_forward"] >= 1
+                if spec is draft:  # a draft model is probed even when drafting does not pay (prompt lookup on
+                    assert health["drafts_proposed"] > 0  # this random model's output may never draft)
         finally:
             srv.should_exit = True
             thread.join(10)
