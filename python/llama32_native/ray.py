@@ -106,7 +106,7 @@ class LlamaPredictor:
                 overrides = _row_options(columns["sampling"][i]) if "sampling" in columns else {}
                 if overrides:  # validated here, so that a bad value fails its row and never the batch
                     self.model.generation([0], **{**self.options, **overrides})
-            except (Error, TypeError, ValueError) as e:
+            except (Error, TypeError, ValueError) as e:  # any bad row value fails its row, whoever raised
                 results[i] = e if isinstance(e, Error) else InvalidArgumentError(str(e))
                 continue
             groups[chat].append((i, prompt, overrides))
