@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from conftest import subprocess_env, tiny_config
 from llama32_native import threads
 
 
@@ -51,11 +52,38 @@ def test_default_threads_follows_quota_and_affinity(monkeypatch: pytest.MonkeyPa
     assert threads.default_threads() == 1
 
 
-def test_model_and_system_info_use_the_same_default() -> None:
+def test_threads_for_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert threads.threads_for_load(2, others=0.0) == 2  # idle
+    assert threads.threads_for_load(2, others=0.3) == 2  # a browser tab
+    assert threads.threads_for_load(2, others=1.0) == 1  # one CPU-bound process: one thread per free CPU
+    assert threads.threads_for_load(2, others=2.0) == 1  # never zero
+    monkeypatch.setattr(threads, "other_cpu_load", lambda seconds=0.1: None)  # not Linux: no /proc/stat
+    assert threads.threads_for_load(2) == 2
+
+
+def test_other_cpu_load_sees_a_busy_process() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        seen = threads.other_cpu_load(1.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert seen is not None and seen >= 0.5  # the busy loop alone keeps one CPU busy (others may add more)
+
+
+def test_model_and_system_info_use_the_same_default(monkeypatch: pytest.MonkeyPatch) -> None:
     import llama32_native as l32
     from llama32_native.model import default_threads
 
+    monkeypatch.setattr(threads, "other_cpu_load", lambda seconds=0.1: 0.0)
     assert default_threads() == threads.default_threads() == l32.system_info()["threads"]
+    model = l32.Model.random(tiny_config(), quant="f32", context_length=16, max_sequences=1)
+    assert model.threads == threads.default_threads()
+    monkeypatch.setattr(threads, "other_cpu_load", lambda seconds=0.1: float(len(os.sched_getaffinity(0))))
+    busy_machine = l32.Model.random(tiny_config(), quant="f32", context_length=16, max_sequences=1)
+    assert busy_machine.threads == 1 == l32.system_info()["threads"]
 
 
 def _child(code: str, **env: str) -> str:

@@ -327,22 +327,11 @@ BANDWIDTH_SPREAD = 0.10  # two bandwidth probes further apart than this are flag
 
 
 def other_load(seconds: float = 0.5) -> float:
-    """CPUs' worth of work by other processes over a short window (/proc/stat minus this process), -1 if unknown."""
-    def sample() -> tuple[float, float]:
-        with open("/proc/stat") as f:
-            fields = [float(x) for x in f.readline().split()[1:]]
-        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)  # all but idle and iowait
-        own = os.times()
-        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+    """CPUs' worth of work by other processes over a short window (threads.other_cpu_load), -1 if unknown."""
+    from .threads import other_cpu_load
 
-    try:
-        busy0, own0 = sample()
-        t0 = time.perf_counter()
-        time.sleep(seconds)
-        busy1, own1 = sample()
-    except (OSError, ValueError, IndexError):
-        return -1.0
-    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (time.perf_counter() - t0)
+    busy = other_cpu_load(seconds)
+    return -1.0 if busy is None else busy
 
 
 def busy_warnings(busy_cpus: float, spread: dict[int, float]) -> list[str]:

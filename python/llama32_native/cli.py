@@ -18,7 +18,8 @@ from typing import Any, Callable, TextIO
 
 from ._version import __version__
 from .generation import Decoder
-from .model import DEFAULT_CONTEXT_LENGTH, default_threads
+from .model import DEFAULT_CONTEXT_LENGTH
+from .threads import default_threads
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPT = 1, 2, 130
 QUANT_CHOICES = ("q4_0", "q8_0", "bf16", "f32", "q4_1", "iq4_nl")
@@ -34,8 +35,8 @@ def _add_load_args(p: argparse.ArgumentParser, quant_default: str | None = None)
                    help="in-memory weight format (default: what the file holds: a GGUF's own formats, a saved "
                         "model's; q4_0 for a Hugging Face directory)")
     p.add_argument("--threads", type=int, default=None,
-                   help=f"compute threads (default: the CPUs this process may use, from affinity and cgroup quota: "
-                        f"{default_threads()} here)")
+                   help=f"compute threads (default: the CPUs this process may use, from affinity and cgroup quota, "
+                        f"{default_threads()} here; fewer while other processes keep some busy)")
     p.add_argument("--ctx", type=int, default=None,
                    help=f"context length to reserve (default: {DEFAULT_CONTEXT_LENGTH}, or the model's maximum if "
                         f"smaller; more than the maximum is an error)")

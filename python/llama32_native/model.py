@@ -43,10 +43,11 @@ DEFAULT_CONTEXT_LENGTH = 8192  # positions reserved when the caller names none (
 
 
 def default_threads() -> int:
-    """CPUs this process may use: affinity, cgroup quota, physical cores (threads.default_threads)."""
-    from .threads import default_threads as threads_default
+    """The threads a model gets by default: the CPUs this process may use (affinity, cgroup quota, physical cores),
+    fewer while other processes keep some of them busy (threads.threads_for_load)."""
+    from .threads import threads_for_load
 
-    return threads_default()
+    return threads_for_load()
 
 
 def resolve_context_length(value: int | None, config: LlamaConfig) -> int:

@@ -1,7 +1,8 @@
 """Thread defaults: how many compute threads this process should use, and how idle OpenMP workers wait.
 
 Contract: `default_threads()` counts the CPUs this process may run on (affinity, cgroup CPU quota, physical
-cores), never the machine's. `configure_wait_policy()` runs before the C++ core is first imported and gives
+cores), never the machine's; `threads_for_load()`, what a model gets by default, lowers that to the CPUs other
+processes leave free at the time (sampled for 0.1 s). `configure_wait_policy()` runs before the C++ core is first imported and gives
 OpenMP workers a bounded spin (then sleep) unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT; see
 docs/ARCHITECTURE.md (threading). libgomp reads these at load, so an OpenMP runtime loaded earlier by another
 library (torch imported first) keeps its own settings; `wait_policy()` reports which one applies.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 # Spins (pause instructions, ~25 ns each on a Zen 4 core) a worker waits for the next parallel region before it
 # sleeps on a futex. libgomp's default, 300000, is several milliseconds on current x86 cores: longer than a whole decode step of a small model,
@@ -86,6 +88,52 @@ def _read_quota(v2_dir: str, v1_dir: str) -> float | None:
         return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
+
+
+def other_cpu_load(seconds: float = 0.1) -> float | None:
+    """CPUs' worth of work other processes did over a short window on the CPUs this process may use (/proc/stat's
+    per-CPU lines, less this process's own CPU time), None if unknown."""
+    mine = {f"cpu{i}" for i in os.sched_getaffinity(0)} if hasattr(os, "sched_getaffinity") else set()
+
+    def sample() -> tuple[float, float]:
+        busy = 0.0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *values = line.split()
+                if name in mine:
+                    v = [float(x) for x in values[:8]]
+                    busy += sum(v) - v[3] - v[4]  # user..steal, less idle and iowait
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+    try:
+        busy0, own0 = sample()
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        busy1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if not mine:
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (time.perf_counter() - t0)
+
+
+def threads_for_load(n: int | None = None, others: float | None = None) -> int:
+    """n (default_threads()) lowered to the CPUs other processes leave free now: one thread per free CPU.
+
+    On a machine where other work keeps CPUs busy, a thread that shares a core with it stalls the others at
+    every barrier of a forward pass; fewer threads then decode faster (bench/RESULTS.md, "Threads under load").
+    """
+    n = default_threads() if n is None else n
+    others = other_cpu_load() if others is None else others
+    if others is None or n <= 1:
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    free = cpus - others
+    return max(1, min(n, math.floor(free + 0.5)))
 
 
 def default_threads() -> int:
