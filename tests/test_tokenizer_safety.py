@@ -97,6 +97,19 @@ def test_nested_quantifier_detection(pattern: str, bomb: bool) -> None:
     assert (nested_quantifier(pattern) is not None) is bomb
 
 
+def test_text_a_pattern_misses_is_an_error_not_a_loss() -> None:
+    """tiktoken encodes only what the pattern matches. A tokenizer built past the load checks (the low-level
+    constructor) with a pattern that skips punctuation refuses such text instead of dropping it."""
+    tok = Tokenizer({bytes([b]): b for b in range(256)}, {}, r"[a-z]+|\s+", 256, None, None, ())
+    assert tok.decode(tok.encode("abc def", bos=False)) == "abc def"
+    with pytest.raises(TokenizerError, match="does not cover"):
+        tok.encode("abc, def", bos=False)
+    with pytest.raises(TokenizerError):  # and the load-time check refuses the pattern outright
+        check_pattern(r"[a-z]+|\s+", "test")
+    with pytest.raises(TokenizerError):  # single digits: the lone-character probe
+        check_pattern(r"\d{2,}|\D", "test")
+
+
 class PanicException(BaseException):
     """Stands for pyo3_runtime.PanicException (a BaseException subclass)."""
 

@@ -20,6 +20,7 @@ PROBES = (
     "Hello, world! It's 2024-06-01: 12345 x\t\ty\r\n\n  z   ",
     "'s 're 've 'll 'd 'm 't SHOUT éàçñü ß 日本語 👍🏽 \u0645\u0631\u062d\u0628\u0627 e\u0301",
     "\x00\x01\x1f\x7f ^^^ ... --- ___ \\\\ // () [] {} <|eot_id|> a\u2028b\u3000c",
+    "1 a 2 B , ; 7\n8\tx y.z!?\n\n",  # lone characters of every class
 )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import tiktoken
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, TokenizerError
@@ -326,6 +327,8 @@ class Tokenizer:
         for text, tid in self._special_ids.items():
             table[tid] = text.encode("utf-8")
         self._id_to_bytes = table
+        # bytes per id, with the single bytes placed past the vocabulary (see _build) at the end
+        self._id_lens = np.array([len(b) for b in table] + [1] * 256, dtype=np.int64)
         self._bos_id = bos_id
         self._eos_id = eos_id
         self._stop_tokens = frozenset(int(i) for i in stop_ids)
@@ -628,14 +631,22 @@ class Tokenizer:
         if bos and self.add_bos and self._bos_id is not None:
             ids.append(self._bos_id)
         enc, specials = self._enc, self._all_special
+        body: list[int] = []
         for piece in _pieces(text):
             if allow_special:
-                ids += _guarded(f"{self}: encode failed",
-                                lambda p=piece: enc.encode(p, allowed_special=specials, disallowed_special=()))
+                body += _guarded(f"{self}: encode failed",
+                                 lambda p=piece: enc.encode(p, allowed_special=specials, disallowed_special=()))
             else:
-                ids += _guarded(f"{self}: encode failed", lambda p=piece: enc.encode_ordinary(p))
+                body += _guarded(f"{self}: encode failed", lambda p=piece: enc.encode_ordinary(p))
+        # tiktoken encodes only what the pre-tokenizer pattern matches: a pattern from a file that misses some
+        # text would drop it silently. The tokens must account for every byte.
+        lens = self._id_lens[np.fromiter(body, dtype=np.int64, count=len(body))]
+        if int(lens.sum()) != len(text.encode("utf-8")):
+            raise TokenizerError(f"{self}: its pre-tokenizer pattern does not cover this text (part of it would be "
+                                 "dropped); the tokenizer data is unusable")
         if self._has_unseen_bytes:
-            ids = [i for i in ids if i < self._n_vocab]
+            body = [i for i in body if i < self._n_vocab]
+        ids += body
         if eos and self._eos_id is not None:
             ids.append(self._eos_id)
         return ids
