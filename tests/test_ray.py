@@ -38,7 +38,7 @@ MESSAGES = [{"role": "user", "content": "Name a color."}]
 
 
 def test_base_package_does_not_import_ray() -> None:
-    code = ("import sys, llama32_native, llama32_native.cli, llama32_native.model\n"
+    code = ("import sys, llama32_native, llama32_native.cli, llama32_native.model, llama32_native.server\n"
             "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), timeout=120)
