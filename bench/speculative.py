@@ -52,12 +52,16 @@ def decode_once(model: l32.Model, ids: list[int], spec: Any, k: int, max_new: in
 
 
 def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
-    model = l32.Model.from_pretrained(args.model, threads=args.threads, context_length=2048, max_sequences=2)
+    load = {"threads": args.threads, "context_length": 2048, "max_sequences": 2}
+    model = l32.Model.from_pretrained(args.model, **({"quant": args.quant} if args.quant else {}), **load)
+    spec: Any = "ngram"
+    if args.draft_quant:  # a draft model: a copy of the same weights in another format
+        spec = l32.Model.from_pretrained(args.model, quant=args.draft_quant, **load)
     with open(os.path.join(HERE, "speculative_prompts.json")) as f:
         prompts = json.load(f)
     rows = []
     for task, texts in prompts.items():
-        if task.startswith("_"):
+        if task.startswith("_") or (args.tasks and task not in args.tasks):
             continue
         for i, text in enumerate(texts):
             ids = model.chat_ids([{"role": "user", "content": text}])
@@ -66,7 +70,7 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             for rep in range(args.repeats):
                 order = ("off", "on") if rep % 2 == 0 else ("on", "off")  # interleaved, alternating first
                 for mode in order:
-                    runs[mode].append(decode_once(model, ids, "ngram" if mode == "on" else None, args.k,
+                    runs[mode].append(decode_once(model, ids, spec if mode == "on" else None, args.k,
                                                   args.max_new_tokens))
             if any(r["tokens"] != runs["off"][0]["tokens"] for r in runs["off"] + runs["on"]):
                 print(f"MISMATCH: {task}[{i}] greedy output differs with speculation", file=sys.stderr)
@@ -101,7 +105,7 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{task:13s} speed-up x{summary[task]['speedup_geomean']:.2f} (geometric mean), acceptance "
               f"{summary[task]['acceptance']:.2f}, tokens/forward {summary[task]['tokens_per_forward']:.2f}")
     profile = forward_profile(model, args.k + 1)
-    return {"summary": summary, "model": args.model, "quant": model.quant, "threads": model.threads, "k": args.k,
+    return {"summary": summary, "model": args.model, "quant": model.quant, "draft_quant": args.draft_quant, "threads": model.threads, "k": args.k,
             "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "rows": rows,
             "cost_ms": [1e3 * c for c in profile.cost[1:]], "exact_rows": profile.exact_rows}
 
@@ -166,6 +170,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8, help="num_speculative_tokens (the cap)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quant", default=None, help="the target's weight format (default: the file's)")
+    ap.add_argument("--draft-quant", default=None,
+                    help="speculate with a draft model: the same weights loaded in this format (default: prompt lookup)")
+    ap.add_argument("--tasks", nargs="+", default=None, help="task types to run (default: all)")
     ap.add_argument("--projection", action="store_true", help="measure the 1B/3B cost model instead")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.88, 0.9])
     ap.add_argument("--batch-json", default=None,

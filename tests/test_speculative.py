@@ -634,3 +634,23 @@ def test_greedy_identical_on_the_real_shapes(name, n_new):
         assert got.tokens == ref.tokens
         if corrupt == 1000:
             assert calls < plain_calls
+
+
+def test_adaptive_proposer_measures_a_costly_drafters_time():
+    import time as _time
+
+    class Slow(_Scripted):
+        def propose(self, context, k):
+            t0 = _time.process_time()
+            while _time.process_time() - t0 < 0.02 * k:  # 20 ms of CPU per draft
+                pass
+            return super().propose(context, k)
+
+    ap = AdaptiveProposer(Slow([7, 7, 7]), lambda _: DraftLengthController(_cost(0.01) * 1e-3, k_max=3, prior=0.95,
+                                                                           prior_weight=50), False)
+    assert ap.propose([1], 3)  # 1 ms target forwards, a free drafter assumed: drafts
+    ap.accepted(3)
+    ap.propose([1], 3)  # the second call is measured: 20 ms a draft
+    ap.accepted(3)
+    assert ap.controller(0).draft_cost > 0.015
+    assert ap.propose([1], 3) == []  # drafting costs 20x a target forward: plain decoding pays more

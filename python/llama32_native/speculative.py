@@ -177,6 +177,7 @@ class DraftModelProposer:
         self._session: Session | None = None
         self._q: list[np.ndarray] | None = None
         self._base = 0  # context length of the last proposal
+        self.last_draft_cost: float | None = None  # CPU seconds per one-token draft step of the last proposal
 
     def propose(self, context: Sequence[int], k: int) -> list[int]:
         self._q = None
@@ -193,6 +194,7 @@ class DraftModelProposer:
         drafts: list[int] = []
         qs: list[np.ndarray] = []
         history = list(context)
+        t0 = time.process_time()
         for i in range(k):
             if self._sampler is None:
                 d = int(np.argmax(logits))
@@ -204,6 +206,8 @@ class DraftModelProposer:
             history.append(d)
             if i + 1 < k:
                 logits = s.feed([d])
+        # The one-token steps only: catching up with the context (after plain steps) is a prefill, not a draft.
+        self.last_draft_cost = (time.process_time() - t0) / (k - 1) if k > 1 else None
         self._q = qs if self._sampler is not None else None
         return drafts
 
@@ -362,6 +366,7 @@ class AdaptiveProposer:
         self._last_ctl: DraftLengthController | None = None
         self._shadow: tuple[int, int, DraftLengthController] | None = None  # a skipped guess: position, token
         self._idle, self._probe_after = 0, 4
+        self._drafting_calls = 0
         self.proposed = self.accepted_total = self.verify_steps = 0
 
     def controller(self, key: int = 0) -> DraftLengthController:
@@ -397,9 +402,26 @@ class AdaptiveProposer:
                 if guess:
                     self._shadow = (len(context), guess[0], ctl)
             return []
+        t0 = time.process_time()
         self._last = list(self.inner.propose(context, k_ctl))
+        if not self.cheap and self._last:
+            per_token = getattr(self.inner, "last_draft_cost", None)
+            if per_token is None and not hasattr(self.inner, "last_draft_cost"):
+                per_token = (time.process_time() - t0) / len(self._last)
+            if per_token is not None:
+                self._measure_draft_cost(per_token)
         self._last_ctl = ctl
         return self._last
+
+    def _measure_draft_cost(self, per_token: float) -> None:
+        """A costly drafter's CPU time per draft as it runs (its forwards and their overhead in Python; the drafter's
+        own `last_draft_cost` when it reports one) replaces the estimate the controllers started from; the first
+        measurement, which may include filling the draft's cache, is left out."""
+        self._drafting_calls += 1
+        if self._drafting_calls == 1:
+            return
+        for ctl in self._controllers.values():
+            ctl.draft_cost = per_token if self._drafting_calls == 2 else 0.8 * ctl.draft_cost + 0.2 * per_token
 
     def draft_probs(self) -> list[np.ndarray] | None:
         return self.inner.draft_probs() if self._last else None
