@@ -335,6 +335,7 @@ def test_serve_run_builder_takes_text_options() -> None:
     dep = app._bound_deployment
     assert dep.ray_actor_options["num_cpus"] == 2
     assert dep._deployment_config.autoscaling_config.max_replicas == 3
+    assert dep._deployment_config.max_ongoing_requests == 4  # = max_batch: a replica decodes all it holds
     model, threads, load, server, host = dep.init_args
     assert (model, threads, load["max_sequences"], host) == ("/models/x.gguf", 2, 5, "127.0.0.1")
     assert server == {"api_key": "k", "max_queue": 3, "model_name": "x.gguf"}

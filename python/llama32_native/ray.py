@@ -328,6 +328,9 @@ def build_app(args: Mapping[str, Any] | None = None, /, **options: Any) -> Any:
     if isinstance(model, (str, os.PathLike)):
         server.setdefault("model_name", os.path.basename(os.path.normpath(os.fspath(model))))
     _check_server_config(server)
+    # Serve's default (5 in flight per replica) would cap a replica's batch below max_batch; more than max_batch
+    # would wait in the replica's queue when another replica may have a free slot, so the router holds them.
+    deployment.setdefault("max_ongoing_requests", max_batch)
     actor = dict(deployment.pop("ray_actor_options", None) or {})
     actor.setdefault("num_cpus", threads)
     name = deployment.pop("name", "LlamaServer")
