@@ -40,7 +40,6 @@ def worker(model_name: str, threads: list[str], loads: list[str], n_gen: int, se
         model = l32.Model.random("llama-3.2-1b", **kw)
     else:
         model = l32.Model.from_pretrained(SMOLLM2 if model_name == "smollm2" else model_name, **kw)
-    default = model.threads
     out = []
     with model.session() as s:
         logits = s.feed(list(range(1000, 1016)))
@@ -49,7 +48,8 @@ def worker(model_name: str, threads: list[str], loads: list[str], n_gen: int, se
             try:
                 time.sleep(0.2 if busy else 0.0)
                 for t in threads:
-                    model.threads = default if t == "default" else int(t)
+                    # "default": what a model created now would get (threads.threads_for_load samples the load)
+                    model.threads = thread_defaults.threads_for_load() if t == "default" else int(t)
                     rates = []
                     for _ in range(3):
                         n, t0 = 0, time.perf_counter()
