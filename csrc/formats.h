@@ -126,7 +126,7 @@ static inline int panel_iq4_value(const uint8_t* blk, int r, int k) { return IQ4
 
 // Row r of a quantized matrix from / to plain ggml blocks (block_q8_0, block_q4_0, block_q4_1 or block_iq4_nl by
 // m.type), lossless.
-// A matrix is zeroed (zero_panels) before its rows are stored, so that padding rows of the last panel add nothing.
+// The last panel is zeroed (zero_panels) before a matrix's rows are stored, so that its padding rows add nothing.
 void zero_panels(Matrix& m);
 void store_row(Matrix& m, int64_t r, const void* blocks);
 void load_row(const Matrix& m, int64_t r, void* blocks);
