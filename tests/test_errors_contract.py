@@ -23,6 +23,7 @@ from llama32_native.errors import (
     ModelLoadError,
     ModelNotFoundError,
     NoFreeSlotError,
+    UnknownTokenError,
 )
 from llama32_native.tokenizer import GPT2_PATTERN, Tokenizer
 
@@ -124,6 +125,7 @@ CASES: list[Any] = [
     ("tokenizer-decode-str", lambda m, b, t: m.tokenizer.decode("abc"), InvalidArgumentTypeError),
     ("tokenizer-decode-not-iterable", lambda m, b, t: m.tokenizer.decode(3.5), InvalidArgumentTypeError),
     ("tokenizer-token-bytes", lambda m, b, t: m.tokenizer.token_bytes(-1), InvalidArgumentError),
+    ("tokenizer-unknown-special", lambda m, b, t: m.tokenizer.special("<|nope|>"), UnknownTokenError),
 ]
 
 
@@ -178,6 +180,8 @@ def test_bad_input_raises_the_documented_error(model: Any, bare: Any, tmp_path: 
             assert isinstance(e, ValueError)
         if issubclass(expected, InvalidArgumentTypeError):
             assert isinstance(e, TypeError)
+        if issubclass(expected, UnknownTokenError):
+            assert isinstance(e, KeyError)  # a lookup, as before
         return
     pytest.fail(f"{name}: nothing was raised")
 

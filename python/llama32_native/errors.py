@@ -67,6 +67,10 @@ class GrammarError(InvalidArgumentError):
     """A JSON schema, regular expression or grammar that cannot be compiled or uses an unsupported feature."""
 
 
+class UnknownTokenError(InvalidArgumentError, KeyError):
+    """A special-token name the tokenizer does not have (also a KeyError, as a mapping lookup)."""
+
+
 class InvalidArgumentTypeError(Error, TypeError):
     """An argument has the wrong type (raised before any compute)."""
 
@@ -117,6 +121,7 @@ __all__ = [
     "ResourceLimitError",
     "InvalidArgumentError",
     "GrammarError",
+    "UnknownTokenError",
     "InvalidArgumentTypeError",
     "ContextLengthError",
     "NumericalError",

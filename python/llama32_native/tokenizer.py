@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import tiktoken
 
-from .errors import InvalidArgumentError, InvalidArgumentTypeError, TokenizerError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, TokenizerError, UnknownTokenError
 from .files import parse_json, read_regular
 from .pattern import PROBES, check_pattern
 
@@ -595,11 +595,11 @@ class Tokenizer:
         return self._pattern
 
     def special(self, name: str) -> int:
-        """Id of a special token by name, e.g. ``special("<|eot_id|>")``; KeyError if absent."""
+        """Id of a special token by name, e.g. ``special("<|eot_id|>")``; UnknownTokenError (a KeyError) if absent."""
         try:
             return self._special_ids[name]
         except KeyError:
-            raise KeyError(f"no special token named {name!r}") from None
+            raise UnknownTokenError(f"no special token named {name!r}") from None
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special_id_set
