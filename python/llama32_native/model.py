@@ -670,8 +670,16 @@ class Model:
         return gen.result()
 
     def chat(self, messages: Sequence[Mapping[str, Any]], stream: bool = False, date_string: str | None = None,
-             **options: Any) -> Union[str, Iterator[str]]:
-        """Answer a conversation [{"role": ..., "content": ...}, ...] in the model's chat format."""
+             **options: Any) -> Any:
+        """Answer a conversation [{"role": ..., "content": ...}, ...] in the model's chat format.
+
+        With tools=[...] (OpenAI's function tools; tool_choice, parallel_tool_calls) or a history holding assistant
+        tool_calls or tool results, the answer is a tools.ChatReply: content and/or ToolCall objects.
+        """
+        from .tools import chat_with_tools, has_tool_turns
+
+        if options.get("tools") is not None or has_tool_turns(messages):
+            return chat_with_tools(self, messages, stream=stream, date_string=date_string, **options)
         gen = self.generation(self.chat_ids(messages, date_string), chat=True, **options)
         chunks = self._text_of(gen)
         return chunks if stream else "".join(chunks)
