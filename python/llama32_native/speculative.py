@@ -252,7 +252,8 @@ def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1
         cached = _profiles.get(model)
         if cached is not None and cached.cost.size > max_rows:
             return cached
-        n_prefix = min(32, model.context_length - max_rows)
+        # Behind a few hundred cached tokens, as in a chat: extra rows cost attention over them too.
+        n_prefix = min(256, model.context_length - max_rows)
         s = model.try_session(()) if n_prefix >= 1 else None
         if s is None:
             return ForwardProfile(1.0 + 0.1 * np.maximum(np.arange(max_rows + 1, dtype=np.float64) - 1, 0), 1)
@@ -313,7 +314,7 @@ class DraftLengthController:
     """
 
     def __init__(self, cost: np.ndarray, k_max: int, draft_cost: float = 0.0, prior: float = 0.5,
-                 prior_weight: float = 4.0, decay: float = 0.9, margin: float = 0.03):
+                 prior_weight: float = 4.0, decay: float = 0.9, margin: float = 0.08):
         self.cost = np.asarray(cost, dtype=np.float64)
         self.k_max = min(k_max, self.cost.size - 2)
         self.draft_cost = draft_cost
