@@ -398,6 +398,8 @@ class Model:
 
         if isinstance(config, str):
             config = LlamaConfig.preset(config)
+        if not isinstance(config, LlamaConfig):
+            raise InvalidArgumentTypeError(f"config must be a preset name or a LlamaConfig, not {type(config).__name__}")
         _check_choice("quant", quant, QUANTS)
         plan = tensor_plan(config, quant)
         tensors = random_tensors(config, plan, seed)
