@@ -12,7 +12,6 @@ import pytest
 from conftest import tiny_config
 
 import llama32_native as l32
-from llama32_native.generation import Decoder
 from llama32_native.processors import LogitsProcessor
 
 GREEDY = dict(do_sample=False)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -260,7 +261,7 @@ def _chromium() -> str | None:
 class _DevTools:
     """A headless Chromium driven over the DevTools protocol (a websocket): navigate, evaluate, screenshot."""
 
-    def __init__(self, browser: str, profile: "Path") -> None:
+    def __init__(self, browser: str, profile: Path) -> None:
         import subprocess
 
         from websockets.sync.client import connect

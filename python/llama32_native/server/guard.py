@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .config import LOCAL_HOSTS, ServerConfig
 from .errors import send_error, send_raw
