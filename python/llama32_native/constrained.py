@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 
 from .errors import Error, GenerationError, GrammarError, InvalidArgumentError, InvalidArgumentTypeError
-from .processors import LogitBias, LogitsProcessor, Penalties
+from .processors import LogitsProcessor
 
 __all__ = [
     "GrammarProcessor",
     "compile_grammar",
     "grammar_from_response_format",
     "ll_tokenizer",
-    "processors_for",
+    "grammar_option",
     "warm_grammar_tokenizers",
 ]
 
@@ -41,7 +41,7 @@ _cache_lock = threading.Lock()
 _ll_cache: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
 
 
-def _llguidance() -> Any:
+def load_llguidance() -> Any:
     try:
         import llguidance
     except ImportError:  # pragma: no cover - it is a dependency; this names the fix if it was removed
@@ -75,7 +75,7 @@ def ll_tokenizer(tokenizer: Any, stop_ids: Iterable[int]) -> Any:
     with _cache_lock:
         per_tok = _ll_cache.setdefault(tokenizer, {})
         if stops not in per_tok:
-            llg = _llguidance()
+            llg = load_llguidance()
             per_tok[stops] = llg.LLTokenizer(llg.TokenizerWrapper(_TokenizerView(tokenizer, stops[0])),
                                              eos_token=list(stops))
         return per_tok[stops]
@@ -110,7 +110,7 @@ def _schema_text(schema: Any, name: str) -> str:
 
 def json_schema_grammar(schema: Any, name: str = "json_schema") -> str:
     """llguidance grammar text for a JSON schema (the subset llguidance supports; checked by compile_grammar)."""
-    return _llguidance().LLMatcher.grammar_from_json_schema(_schema_text(schema, name), overrides=JSON_OPTIONS)
+    return load_llguidance().LLMatcher.grammar_from_json_schema(_schema_text(schema, name), overrides=JSON_OPTIONS)
 
 
 def lark_json_rule(schema: Any, name: str = "parameters") -> str:
@@ -143,7 +143,7 @@ def grammar_from_response_format(response_format: Any) -> str | None:
     if not isinstance(response_format, Mapping):
         raise InvalidArgumentTypeError(f"response_format must be a dict, not {type(response_format).__name__}")
     kind = response_format.get("type")
-    llg = _llguidance()
+    llg = load_llguidance()
     if kind == "text":
         return None
     if kind == "json_object":
@@ -165,7 +165,7 @@ def grammar_from_response_format(response_format: Any) -> str | None:
 
 def compile_grammar(grammar: str, lltok: Any, name: str = "grammar") -> str:
     """Validate llguidance grammar text against a tokenizer; GrammarError "<name>: <llguidance's message>"."""
-    llg = _llguidance()
+    llg = load_llguidance()
     message = llg.LLMatcher.validate_grammar(grammar, lltok)
     if message and not message.startswith("WARNING"):
         raise GrammarError(f"{name}: {message.strip()}")
@@ -184,7 +184,7 @@ class GrammarProcessor(LogitsProcessor):
     """
 
     def __init__(self, lltok: Any, grammar: str, n_vocab: int) -> None:
-        llg = _llguidance()
+        llg = load_llguidance()
         self.matcher = llg.LLMatcher(lltok, grammar, log_level=0)
         if self.matcher.is_error():
             raise GrammarError(self.matcher.get_error().strip())
@@ -266,10 +266,6 @@ class GrammarProcessor(LogitsProcessor):
         return bool(self.matcher.is_stopped())
 
 
-def _stop_ids(model: Any, chat: bool) -> frozenset[int]:
-    return frozenset(model.stop_ids(chat=chat))
-
-
 def grammar_processor(model: Any, grammar: str, stop_ids: Iterable[int], name: str = "grammar") -> GrammarProcessor:
     """A GrammarProcessor for `model` (its tokenizer) that ends on `stop_ids`, grammar validated first (errors name
     the option `name`)."""
@@ -280,7 +276,7 @@ def grammar_processor(model: Any, grammar: str, stop_ids: Iterable[int], name: s
     return GrammarProcessor(lltok, compile_grammar(grammar, lltok, name), model.config.n_vocab)
 
 
-def _grammar_option(response_format: Any, json_schema: Any, regex: Any, grammar: Any) -> tuple[str | None, str]:
+def grammar_option(response_format: Any, json_schema: Any, regex: Any, grammar: Any) -> tuple[str | None, str]:
     """(llguidance grammar text of the one constraint option given or None, the option's name)."""
     given = [n for n, v in (("response_format", response_format), ("json_schema", json_schema), ("regex", regex),
                             ("grammar", grammar)) if v is not None]
@@ -289,42 +285,7 @@ def _grammar_option(response_format: Any, json_schema: Any, regex: Any, grammar:
     if json_schema is not None:
         return json_schema_grammar(json_schema), "json_schema"
     if regex is not None:
-        return _llguidance().LLMatcher.grammar_from_regex(_text(regex, "regex")), "regex"
+        return load_llguidance().LLMatcher.grammar_from_regex(_text(regex, "regex")), "regex"
     if grammar is not None:
-        return _llguidance().LLMatcher.grammar_from_lark(_text(grammar, "grammar")), "grammar"
+        return load_llguidance().LLMatcher.grammar_from_lark(_text(grammar, "grammar")), "grammar"
     return grammar_from_response_format(response_format), "response_format"
-
-
-def processors_for(model: Any, *, chat: bool = False, response_format: Any = None, json_schema: Any = None,
-                   regex: str | None = None, grammar: str | None = None, logit_bias: Mapping[Any, Any] | None = None,
-                   presence_penalty: float | None = None, frequency_penalty: float | None = None, tools: Any = None,
-                   tool_choice: Any = None, parallel_tool_calls: Any = None) -> list[LogitsProcessor]:
-    """The processors a request's options ask for, in the order they apply: logit bias, presence/frequency
-    penalties, then the grammar mask (so a bias can never revive a token the grammar forbids).
-
-    Constraints (at most one): `response_format` (OpenAI's, see grammar_from_response_format), `json_schema` (a
-    schema), `regex`, `grammar` (Lark). `tools` with `tool_choice` "required" or a named function (chat only) force
-    one call of that tool (tools.call_grammar); it replaces the response format. Every option is validated here,
-    before any compute.
-    """
-    out: list[LogitsProcessor] = []
-    if logit_bias is not None and not isinstance(logit_bias, Mapping):
-        raise InvalidArgumentTypeError(f"logit_bias must be a dict, not {type(logit_bias).__name__}")
-    if logit_bias:
-        out.append(LogitBias(logit_bias, model.config.n_vocab))
-    penalties = Penalties(0.0 if presence_penalty is None else presence_penalty,
-                          0.0 if frequency_penalty is None else frequency_penalty)
-    if penalties.active:
-        out.append(penalties)
-    text, name = _grammar_option(response_format, json_schema, regex, grammar)
-    if tools is not None or tool_choice is not None or parallel_tool_calls is not None:
-        if not chat:
-            raise InvalidArgumentError("tools, tool_choice and parallel_tool_calls are chat options")
-        from .tools import call_grammar
-
-        forced = call_grammar(model, tools, tool_choice, parallel_tool_calls)
-        if forced is not None:
-            text, name = forced, "tools"
-    if text is not None:
-        out.append(grammar_processor(model, text, _stop_ids(model, chat), name))
-    return out

@@ -9,18 +9,20 @@ option is valid.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .constrained import grammar_option, grammar_processor
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 from .generation import MAX_TOP_LOGPROBS, Generation
-from .processors import LogitsProcessor
+from .processors import LogitBias, LogitsProcessor, Penalties
 from .sampling import SamplingParams
+from .tools import call_grammar
 
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["build_generation", "SAMPLING_OPTIONS", "PROCESSOR_OPTIONS"]
+__all__ = ["build_generation", "processors_for", "SAMPLING_OPTIONS", "PROCESSOR_OPTIONS"]
 
 SAMPLING_OPTIONS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 # Options that become logits processors (bias, penalties, grammars, tools): handled by constrained.py.
@@ -60,6 +62,39 @@ def _logprobs(options: dict[str, Any]) -> int | None:
     raise InvalidArgumentError(f"logprobs must be a bool or an int in [0, {MAX_TOP_LOGPROBS}], got {lp!r}")
 
 
+def processors_for(model: Any, *, chat: bool = False, response_format: Any = None, json_schema: Any = None,
+                   regex: str | None = None, grammar: str | None = None, logit_bias: Mapping[Any, Any] | None = None,
+                   presence_penalty: float | None = None, frequency_penalty: float | None = None, tools: Any = None,
+                   tool_choice: Any = None, parallel_tool_calls: Any = None) -> list[LogitsProcessor]:
+    """The processors a request's options ask for, in the order they apply: logit bias, presence/frequency
+    penalties, then the grammar mask (so a bias can never revive a token the grammar forbids).
+
+    Constraints (at most one): `response_format` (OpenAI's, see grammar_from_response_format), `json_schema` (a
+    schema), `regex`, `grammar` (Lark). `tools` with `tool_choice` "required" or a named function (chat only) force
+    one call of that tool (tools.call_grammar); it replaces the response format. Every option is validated here,
+    before any compute.
+    """
+    out: list[LogitsProcessor] = []
+    if logit_bias is not None and not isinstance(logit_bias, Mapping):
+        raise InvalidArgumentTypeError(f"logit_bias must be a dict, not {type(logit_bias).__name__}")
+    if logit_bias:
+        out.append(LogitBias(logit_bias, model.config.n_vocab))
+    penalties = Penalties(0.0 if presence_penalty is None else presence_penalty,
+                          0.0 if frequency_penalty is None else frequency_penalty)
+    if penalties.active:
+        out.append(penalties)
+    text, name = grammar_option(response_format, json_schema, regex, grammar)
+    if tools is not None or tool_choice is not None or parallel_tool_calls is not None:
+        if not chat:
+            raise InvalidArgumentError("tools, tool_choice and parallel_tool_calls are chat options")
+        forced = call_grammar(model, tools, tool_choice, parallel_tool_calls)
+        if forced is not None:
+            text, name = forced, "tools"
+    if text is not None:
+        out.append(grammar_processor(model, text, model.stop_ids(chat=chat), name))
+    return out
+
+
 def build_generation(model: Model, prompt_ids: Sequence[int], chat: bool = False, index: int = 0,
                      **options: Any) -> Generation:
     """A Generation of prompt_ids for model with these options, everything validated first."""
@@ -73,8 +108,6 @@ def build_generation(model: Model, prompt_ids: Sequence[int], chat: bool = False
             raise InvalidArgumentTypeError(f"logits_processors must hold LogitsProcessor objects, not {type(p).__name__}")
     constrained = {k: options.pop(k) for k in list(options) if k in PROCESSOR_OPTIONS}
     if any(v is not None for v in constrained.values()):
-        from .constrained import processors_for
-
         processors += processors_for(model, chat=chat, **constrained)
     proposer = None
     speculative, k = options.pop("speculative", None), options.pop("num_speculative_tokens", None)

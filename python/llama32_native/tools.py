@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .constrained import json_schema_grammar, lark_json_rule, load_llguidance
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
@@ -303,8 +304,6 @@ class Llama3ToolFormat:
         return {"role": "ipython", "content": content}
 
     def grammar(self, tools: Sequence[Tool]) -> str:
-        from .constrained import json_schema_grammar
-
         return json_schema_grammar(_one_of_calls(tools, self.args_key), "tool parameters")
 
     def parse(self, text: str) -> tuple[str, list[tuple[str, Any]]] | None:
@@ -351,11 +350,9 @@ class ChatMLToolFormat:
         return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
 
     def grammar(self, tools: Sequence[Tool]) -> str:
-        from .constrained import _llguidance, lark_json_rule
-
         lark = 'start: "<tool_call>\\n" call "\\n</tool_call>"\ncall: ' + lark_json_rule(
             _one_of_calls(tools, self.args_key), "tool parameters")
-        return _llguidance().LLMatcher.grammar_from_lark(lark)
+        return load_llguidance().LLMatcher.grammar_from_lark(lark)
 
     def parse(self, text: str) -> tuple[str, list[tuple[str, Any]]] | None:
         blocks = _TOOL_CALL_RE.findall(text)
