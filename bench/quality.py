@@ -4,7 +4,9 @@ Loads one checkpoint (SmolLM2-135M-Instruct's GGUF here: the only real Llama-arc
 machine) once per `quant`, scores the first N tokens of a fixed text in one pass, and compares each quant's
 next-token distribution with the f32 model's. Usage:
 
-    python bench/quality.py MODEL --text FILE [--n-tokens 1024] [--quant f32 bf16 q8_0 q4_0 q4_0-e4] [--json out.json]
+    python bench/quality.py MODEL --text FILE [--n-tokens 1024] [--quant f32 bf16 q8_0 q4_0 q4_0-e4 file] [--json out.json]
+
+("file": the formats the file holds, from_pretrained's default.)
 
 The text's sha256 is printed so a figure can be tied to the exact text it was measured on.
 """
@@ -32,8 +34,9 @@ def load(model_path: str, quant: str, kv_cache: str, n_ctx: int):
     from llama32_native.loading.open import open_checkpoint
     from llama32_native.model import tensor_plan
 
-    if quant != "q4_0-e4":
-        return Model.from_pretrained(model_path, quant=quant, kv_cache=kv_cache, context_length=n_ctx)
+    if quant != "q4_0-e4":  # "file": the formats the file holds (from_pretrained's default)
+        return Model.from_pretrained(model_path, quant=None if quant == "file" else quant, kv_cache=kv_cache,
+                                     context_length=n_ctx)
     ckpt = open_checkpoint(model_path)
     try:
         plan = {name: "q4_0" for name in tensor_plan(ckpt.config, "q4_0")}
