@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,10 +22,43 @@ from .processors import LogitsProcessor
 from .sampling import Sampler, SamplingParams
 from .streaming import TextStream
 
-if TYPE_CHECKING:
-    from .model import Model, Session
 
-__all__ = ["Decoder", "Generation", "GenerationResult", "TokenLogprob", "TokenUpdate", "MAX_TOP_LOGPROBS"]
+class SessionLike(Protocol):
+    """What a Generation needs of its sequence (model.Session is one)."""
+
+    @property
+    def n_past(self) -> int: ...
+
+    def common_prefix(self, ids: Sequence[int]) -> int: ...
+
+    def truncate(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StepModel(Protocol):
+    """What the decode loop needs of a model: the step API and its checks (model.Model is one). Generation
+    depends on this interface, not on model.py, so the layers read bottom-up."""
+
+    config: Any
+    tokenizer: Any
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def max_sequences(self) -> int: ...
+
+    def check_ids(self, ids: Any) -> list[int]: ...
+
+    def stop_ids(self, chat: bool = False) -> frozenset[int]: ...
+
+    def step(self, sessions: Sequence[Any], tokens: Sequence[Sequence[int]],
+             n_logits: int | Sequence[int] = 1) -> list[np.ndarray]: ...
+
+    def try_session(self, prompt: Sequence[int]) -> Any: ...
+
+__all__ = ["Decoder", "Generation", "StepModel", "SessionLike", "GenerationResult", "TokenLogprob", "TokenUpdate", "MAX_TOP_LOGPROBS"]
 
 MAX_TOP_LOGPROBS = 20
 
@@ -76,7 +109,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 class Generation:
     """One sequence being generated: prompt, sampling state, what it produced, and why it ended."""
 
-    def __init__(self, model: Model, prompt_ids: Sequence[int], params: SamplingParams, *,
+    def __init__(self, model: StepModel, prompt_ids: Sequence[int], params: SamplingParams, *,
                  processors: Iterable[LogitsProcessor] = (), proposer: Any = None, logprobs: int | None = None,
                  stop_ids: Iterable[int] | None = None, index: int = 0) -> None:
         if not isinstance(params, SamplingParams):
@@ -106,7 +139,7 @@ class Generation:
         self._parts: list[str] = []
         self.finish_reason: str | None = None
         self.error: Exception | None = None
-        self.session: Session | None = None
+        self.session: SessionLike | None = None
         self._feed: list[int] = []  # tokens the next step feeds: the prompt's uncached part, then [last] + drafts
         self._drafts: list[int] = []
         self._draft_q: list[np.ndarray] | None = None
@@ -125,7 +158,7 @@ class Generation:
                                 self.logprobs, None if self.error is None else str(self.error))
 
     # ------------------------------------------------------------------ the Decoder's side
-    def start(self, session: Session) -> None:
+    def start(self, session: SessionLike) -> None:
         """Take a session whose cache may hold a prefix of the prompt; the first step feeds the rest."""
         common = session.common_prefix(self.prompt)
         common = min(common, len(self.prompt) - 1)  # at least one token is fed, to get its logits
@@ -249,7 +282,7 @@ class Generation:
 class Decoder:
     """Steps a set of generations together: one batched forward per step, admissions between steps."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: StepModel) -> None:
         self.model = model
         self.waiting: list[Generation] = []
         self.active: list[Generation] = []

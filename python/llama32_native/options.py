@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .constrained import grammar_option, grammar_processor
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
-from .generation import MAX_TOP_LOGPROBS, Generation
+from .generation import MAX_TOP_LOGPROBS, Generation, StepModel
 from .processors import LogitBias, LogitsProcessor, Penalties
 from .sampling import SamplingParams
 from .tools import call_grammar
-
-if TYPE_CHECKING:
-    from .model import Model
 
 __all__ = ["build_generation", "processors_for", "SAMPLING_OPTIONS", "PROCESSOR_OPTIONS"]
 
@@ -95,7 +92,7 @@ def processors_for(model: Any, *, chat: bool = False, response_format: Any = Non
     return out
 
 
-def build_generation(model: Model, prompt_ids: Sequence[int], chat: bool = False, index: int = 0,
+def build_generation(model: StepModel, prompt_ids: Sequence[int], chat: bool = False, index: int = 0,
                      **options: Any) -> Generation:
     """A Generation of prompt_ids for model with these options, everything validated first."""
     _check_unknown(options)
