@@ -42,10 +42,10 @@ def test_specs_of_a_config(cfg: LlamaConfig) -> None:
 
 def test_parameter_counts_of_llama_3_2() -> None:
     """Meta's published sizes: 1,235,814,400 and 3,212,749,824 weights (tied embeddings)."""
-    assert LlamaConfig.preset("llama-3.2-1b").n_params() == 1_235_814_400
-    assert LlamaConfig.preset("llama-3.2-3b").n_params() == 3_212_749_824
+    assert schema.n_params(LlamaConfig.preset("llama-3.2-1b")) == 1_235_814_400
+    assert schema.n_params(LlamaConfig.preset("llama-3.2-3b")) == 3_212_749_824
     cfg = CONFIGS[2]
-    assert cfg.n_params() == sum(math.prod(s) for s in schema.tensor_shapes(cfg).values())
+    assert schema.n_params(cfg) == sum(math.prod(s) for s in schema.tensor_shapes(cfg).values())
 
 
 @pytest.mark.parametrize("quant", ["f32", "bf16", "q8_0", "q4_0"])

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, TextIO
 
+from . import schema
 from ._version import __version__
 from .generation import Decoder
 from .model import DEFAULT_CONTEXT_LENGTH
@@ -223,7 +224,7 @@ def model_summary(model: Any) -> dict[str, Any]:
 
     cfg = model.config
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("_")}
-    n_params = _n_params(cfg)
+    n_params = schema.n_params(cfg)
     tok = model.tokenizer
     tokenizer = None
     if tok is not None:
@@ -240,14 +241,6 @@ def model_summary(model: Any) -> dict[str, Any]:
         "context_length": model.context_length, "isa": model.isa, "threads": model.threads,
         "chat_format": type(fmt).__name__ if fmt is not None else None, "tokenizer": tokenizer, "config": config,
     }
-
-
-def _n_params(cfg: Any) -> int:
-    attn = cfg.n_embd * cfg.head_dim * (2 * cfg.n_head + 2 * cfg.n_head_kv)
-    ffn = 3 * cfg.n_embd * cfg.n_ff
-    per_layer = attn + ffn + 2 * cfg.n_embd
-    head = 0 if cfg.tie_word_embeddings else cfg.n_vocab * cfg.n_embd
-    return cfg.n_layer * per_layer + cfg.n_vocab * cfg.n_embd + head + cfg.n_embd
 
 
 def _print_section(title: str, values: dict[str, Any], indent: str = "") -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from . import schema
 from .errors import ConfigError, InvalidArgumentError, InvalidArgumentTypeError
 from .files import parse_json, read_regular
 
@@ -132,10 +131,6 @@ class LlamaConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_head_kv * self.head_dim
-
-    def n_params(self) -> int:
-        """Number of weights (a tied output layer counted once)."""
-        return schema.n_params(self)
 
     def rope_inv_freq(self) -> np.ndarray:
         """Per-pair angular frequencies ω'_i (float64, length head_dim/2), docs/MODEL.md, "RoPE".
