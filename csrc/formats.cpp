@@ -129,7 +129,7 @@ static float search_symmetric(const float* xb, float m, int n_targets, float (*t
     return best_is;
 }
 
-static float q4_0_target(int s) { return float(s - 89) / 10.0f; }  // -8.9 .. -7.1: m lands near level -8
+static float q4_0_target(int s) { return float(2 * s - 89) / 10.0f; }  // -8.9, -8.7 .. -7.1: m lands near level -8
 static inline float q4_0_level(float v) { return rint_clamp(v, -8, 7); }
 struct Q4_0Level {
     float operator()(float v) const { return q4_0_level(v); }
@@ -140,7 +140,7 @@ void quantize_row_q4_0_ref(const float* x, block_q4_0* y, int64_t n) {
         const float* xb = x + b * QK;
         const float m = signed_max(xb);
         float d = 0.0f, is = 0.0f;
-        if (m != 0.0f) is = search_symmetric<Q4_0Level>(xb, m, 19, q4_0_target, d);
+        if (m != 0.0f) is = search_symmetric<Q4_0Level>(xb, m, 10, q4_0_target, d);
         y[b].d = f32_to_f16(d);
         for (int j = 0; j < QK / 2; ++j) {
             const int i0 = int(q4_0_level(xb[j] * is)) + 8, i1 = int(q4_0_level(xb[j + QK / 2] * is)) + 8;
@@ -166,7 +166,7 @@ void dequantize_row_q4_0(const block_q4_0* x, float* y, int64_t n) {
     }
 }
 
-// Q4_1: for each target t of 14.1 .. 15.9, the codes l = clamp(rint((x - lo) * (t / (hi - lo))), 0, 15), then d
+// Q4_1: for each target t of 14.1, 14.3 .. 15.9, the codes l = clamp(rint((x - lo) * (t / (hi - lo))), 0, 15), then d
 // and m by least squares (den = 32*sum(l*l) - sum(l)^2, exact), rounded to f16 as dd, mm; the squared error is
 // expanded as below, in this order. The least wins (the first of equals). A flat block is d = 0, m = lo.
 static inline float q4_1_level(float v) { return rint_clamp(v, 0, 15); }
@@ -188,8 +188,8 @@ void quantize_row_q4_1_ref(const float* x, block_q4_1* y, int64_t n) {
             }
             const float sx = sum32(xb), sxx = sum32(xx);
             float best_e = std::numeric_limits<float>::infinity();
-            for (int s = 0; s < 19; ++s) {
-                const float is = (float(s + 141) / 10.0f) / (hi - lo);
+            for (int s = 0; s < 10; ++s) {
+                const float is = (float(2 * s + 141) / 10.0f) / (hi - lo);
                 for (int j = 0; j < QK; ++j) {
                     lv[j] = q4_1_level(c[j] * is);
                     ll[j] = lv[j] * lv[j];
@@ -233,7 +233,7 @@ static inline int iq4_nearest(float v) {
     if (v > mids[i]) i += 1;
     return i;
 }
-static float iq4_target(int s) { return float(s - 137); }  // -137 .. -117: m lands near level -127
+static float iq4_target(int s) { return float(2 * s - 137); }  // -137, -135 .. -117: m lands near level -127
 struct Iq4Level {  // IQ4_GRID[iq4_nearest(v)] as arithmetic (the steps between levels that v passes), so it vectorizes
     float operator()(float v) const {
         static constexpr float mids[15] = {-115.5f, -93.5f, -74.0f, -57.0f, -42.0f, -28.5f, -16.0f, -4.5f,
@@ -244,13 +244,13 @@ struct Iq4Level {  // IQ4_GRID[iq4_nearest(v)] as arithmetic (the steps between 
     }
 };
 
-// IQ4_NL: the symmetric search over targets -137 .. -117 (search_symmetric), levels on the grid.
+// IQ4_NL: the symmetric search over targets -137, -135 .. -117 (search_symmetric), levels on the grid.
 void quantize_row_iq4_nl_ref(const float* x, block_iq4_nl* y, int64_t n) {
     for (int64_t b = 0; b < n / QK; ++b) {
         const float* xb = x + b * QK;
         const float m = signed_max(xb);
         float d = 0.0f, is = 0.0f;
-        if (m != 0.0f) is = search_symmetric<Iq4Level>(xb, m, 21, iq4_target, d);
+        if (m != 0.0f) is = search_symmetric<Iq4Level>(xb, m, 11, iq4_target, d);
         y[b].d = f32_to_f16(d);
         for (int j = 0; j < QK / 2; ++j)
             y[b].qs[j] = uint8_t(iq4_nearest(xb[j] * is) | (iq4_nearest(xb[j + QK / 2] * is) << 4));

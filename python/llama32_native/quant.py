@@ -103,10 +103,10 @@ def _q4_0_level(v: np.ndarray) -> np.ndarray:
 
 
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
-    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: trial targets t = -8.9 .. -7.1 (step 0.1) for the signed max m,
+    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: trial targets t = -8.9 .. -7.1 (step 0.2) for the signed max m,
     codes clamp(rint(x * (t/m)), -8, 7) + 8."""
     b = _blocks(x)
-    targets = [np.float32(s - 89) / np.float32(10) for s in range(19)]
+    targets = [np.float32(2 * s - 89) / np.float32(10) for s in range(10)]
     d, iscale = _search_symmetric(b, targets, _q4_0_level)
     q = (_q4_0_level((b * iscale[..., None]).astype(np.float32)) + 8).astype(np.uint8)
     out = np.empty(b.shape[:2] + (18,), dtype=np.uint8)
@@ -120,7 +120,7 @@ def _q4_1_level(v: np.ndarray) -> np.ndarray:
 
 
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:
-    """[rows, cols] f32 -> uint8 [rows, cols/32*20]: trial targets t = 14.1 .. 15.9 for the span hi - lo, codes
+    """[rows, cols] f32 -> uint8 [rows, cols/32*20]: trial targets t = 14.1 .. 15.9 (step 0.2) for the span hi - lo, codes
     clamp(rint((x - lo) * (t/(hi-lo))), 0, 15), (d, m) by least squares; a flat block is d = 0, m = lo."""
     b = _blocks(x)
     f32 = np.float32
@@ -134,8 +134,8 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     best_m = lo.copy()
     best_is = np.zeros(lo.shape, f32)
     centred = (b - lo[..., None]).astype(f32)
-    for s in range(19):
-        iscale = ((f32(s + 141) / f32(10)) / span).astype(f32)
+    for s in range(10):
+        iscale = ((f32(2 * s + 141) / f32(10)) / span).astype(f32)
         lv = _q4_1_level((centred * iscale[..., None]).astype(f32))
         sl = _seq_sum(lv)
         sll = _seq_sum((lv * lv).astype(f32))
@@ -177,11 +177,11 @@ def iq4_nearest(v: np.ndarray) -> np.ndarray:
 
 
 def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
-    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: trial targets t = -137 .. -117 (step 1) for the signed max m,
+    """[rows, cols] f32 -> uint8 [rows, cols/32*18]: trial targets t = -137 .. -117 (step 2) for the signed max m,
     codes the grid level nearest x * (t/m)."""
     b = _blocks(x)
     grid = IQ4_GRID.astype(np.float32)
-    d, iscale = _search_symmetric(b, [np.float32(s - 137) for s in range(21)], lambda v: grid[iq4_nearest(v)])
+    d, iscale = _search_symmetric(b, [np.float32(2 * s - 137) for s in range(11)], lambda v: grid[iq4_nearest(v)])
     q = iq4_nearest((b * iscale[..., None]).astype(np.float32))
     out = np.empty(b.shape[:2] + (18,), dtype=np.uint8)
     out[..., 0:2] = _f16_bytes(d)
