@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import ContextLengthError, Error, InvalidArgumentError, InvalidArgumentTypeError, NoFreeSlotError
 from .processors import LogitsProcessor
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, verify_token
 from .streaming import TextStream
 
 
@@ -36,6 +36,7 @@ class SessionLike(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class StepModel(Protocol):
     """What the decode loop needs of a model: the step API and its checks (model.Model is one). Generation
     depends on this interface, not on model.py, so the layers read bottom-up."""
@@ -218,8 +219,6 @@ class Generation:
         if draft is None:
             tok = self.sampler.sample(logits, self._history)
         else:
-            from .speculative import verify_token
-
             tok = verify_token(self.sampler, logits, self._history, draft, q)
         if self.logprobs is not None:
             lp = log_softmax(logits)

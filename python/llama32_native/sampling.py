@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError, NumericalError
 
-__all__ = ["Sampler", "SamplingParams", "normalize_stop"]
+__all__ = ["Sampler", "SamplingParams", "normalize_stop", "verify_token"]
 
 MAX_NEW_TOKENS = 1 << 20
 MAX_TEMPERATURE = 100.0
@@ -370,3 +370,34 @@ class Sampler:
         if j >= cums.size:
             j = int(np.flatnonzero(w > 0)[-1])
         return j
+
+
+def verify_token(sampler: Sampler, logits: np.ndarray, history: Sequence[int], draft: int | None,
+                 q: np.ndarray | None = None) -> int:
+    """The token emitted at one verified position; the draft is accepted iff the result equals it.
+
+    `logits` are the target's (processed) logits at that position, `history` the ids before it (for the
+    repetition penalty). Greedy: the argmax. Sampling (the speculative-sampling rule): with p the target's
+    distribution and q the drafter's (None: a point mass on `draft`), accept the draft with probability
+    min(1, p(d)/q(d)), else draw from the normalized residual max(0, p - q); the emitted token is distributed
+    as p. `draft=None` (the position after the last draft) draws from p.
+    """
+    if sampler.params.greedy:
+        return sampler.sample(logits, history)
+    p = sampler.probs(logits, history)
+    if draft is None:
+        return sampler.draw(p)
+    d = int(draft)
+    if not 0 <= d < p.size:
+        raise InvalidArgumentError(f"draft token {d} is out of range [0, {p.size})")
+    qd = 1.0 if q is None else float(q[d])
+    if sampler.uniform() * qd < p[d]:  # probability min(1, p(d)/q(d))
+        return d
+    if q is None:
+        residual = p
+        residual[d] = 0.0
+    else:
+        residual = np.maximum(p - np.asarray(q, dtype=np.float64), 0.0)
+    if not residual.sum() > 0.0:  # rejection needs p(d) < q(d), so the residual has mass; rounding aside
+        residual = p
+    return sampler.draw(residual)

@@ -12,15 +12,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import InvalidArgumentError, InvalidArgumentTypeError
-from .sampling import Sampler, SamplingParams
-
-if TYPE_CHECKING:
-    from .model import Model, Session
+from .generation import SessionLike, StepModel
+from .sampling import Sampler, SamplingParams, verify_token
 
 __all__ = [
     "AdaptiveProposer",
@@ -59,37 +57,6 @@ class Proposer(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------- verification
-
-
-def verify_token(sampler: Sampler, logits: np.ndarray, history: Sequence[int], draft: int | None,
-                 q: np.ndarray | None = None) -> int:
-    """The token emitted at one verified position; the draft is accepted iff the result equals it.
-
-    `logits` are the target's (processed) logits at that position, `history` the ids before it (for the
-    repetition penalty). Greedy: the argmax. Sampling (the speculative-sampling rule): with p the target's
-    distribution and q the drafter's (None: a point mass on `draft`), accept the draft with probability
-    min(1, p(d)/q(d)), else draw from the normalized residual max(0, p - q); the emitted token is distributed
-    as p. `draft=None` (the position after the last draft) draws from p.
-    """
-    if sampler.params.greedy:
-        return sampler.sample(logits, history)
-    p = sampler.probs(logits, history)
-    if draft is None:
-        return sampler.draw(p)
-    d = int(draft)
-    if not 0 <= d < p.size:
-        raise InvalidArgumentError(f"draft token {d} is out of range [0, {p.size})")
-    qd = 1.0 if q is None else float(q[d])
-    if sampler.uniform() * qd < p[d]:  # probability min(1, p(d)/q(d))
-        return d
-    if q is None:
-        residual = p
-        residual[d] = 0.0
-    else:
-        residual = np.maximum(p - np.asarray(q, dtype=np.float64), 0.0)
-    if not residual.sum() > 0.0:  # rejection needs p(d) < q(d), so the residual has mass; rounding aside
-        residual = p
-    return sampler.draw(residual)
 
 
 # ----------------------------------------------------------------------------------------------- drafters
@@ -167,14 +134,14 @@ class DraftModelProposer:
     session is taken at the first proposal and given back by close(); with no free draft slot it proposes nothing.
     """
 
-    def __init__(self, draft: Model, params: SamplingParams | None = None):
+    def __init__(self, draft: StepModel, params: SamplingParams | None = None):
         self.draft = draft
         if params is not None and not params.greedy:
             seed = None if params.seed is None else (int(params.seed) + 0x9E3779B97F4A7C15) % 2**64
             self._sampler: Sampler | None = Sampler(dataclasses.replace(params, seed=seed), draft.config.n_vocab)
         else:
             self._sampler = None
-        self._session: Session | None = None
+        self._session: SessionLike | None = None
         self._q: list[np.ndarray] | None = None
         self._base = 0  # context length of the last proposal
         self.last_draft_cost: float | None = None  # CPU seconds per one-token draft step of the last proposal
@@ -241,7 +208,8 @@ class ForwardProfile:
     exact_rows: int
 
 
-def forward_profile(model: Model, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1, repeats: int = 2) -> ForwardProfile:
+def forward_profile(model: StepModel, max_rows: int = DEFAULT_SPECULATIVE_TOKENS + 1,
+                    repeats: int = 2) -> ForwardProfile:
     """The model's ForwardProfile up to max_rows, measured once per model and cached (through Model.step, row
     counts interleaved, the least CPU time of `repeats` after a warm-up round, other counts interpolated linearly).
 
@@ -461,9 +429,7 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
 
 def check_speculative(speculative: Any, num_speculative_tokens: Any) -> None:
     """Validate the user-facing options (before any compute): speculative None | "ngram" | a Model."""
-    from .model import Model
-
-    if speculative is not None and speculative != "ngram" and not isinstance(speculative, Model):
+    if speculative is not None and speculative != "ngram" and not isinstance(speculative, StepModel):
         if isinstance(speculative, str):
             raise InvalidArgumentError(f"speculative must be 'ngram' or a draft Model, got {speculative!r}")
         raise InvalidArgumentTypeError(
@@ -471,7 +437,7 @@ def check_speculative(speculative: Any, num_speculative_tokens: Any) -> None:
     _check_int("num_speculative_tokens", num_speculative_tokens, 1, MAX_SPECULATIVE_TOKENS)
 
 
-def make_proposer(model: Model, speculative: Any, num_speculative_tokens: int | None = DEFAULT_SPECULATIVE_TOKENS,
+def make_proposer(model: StepModel, speculative: Any, num_speculative_tokens: int | None = DEFAULT_SPECULATIVE_TOKENS,
                   params: SamplingParams | None = None) -> AdaptiveProposer | None:
     """The drafter for one generation on `model`: None (no speculation), "ngram" (prompt lookup) or a draft
     Model with the same vocabulary; wrapped in the adaptive controller capped at num_speculative_tokens."""
