@@ -11,7 +11,7 @@ import argparse
 import statistics
 
 from llama32_native._core import testing
-from llama32_native.quant import BLOCK_BYTES
+from llama32_native.schema import BLOCK_BYTES
 
 SHAPES = {  # (rows, cols) of one layer's matrices: q/o, k/v, gate/up, down
     "1b": [("attn_q", 2048, 2048), ("attn_k", 512, 2048), ("ffn_up", 8192, 2048), ("ffn_down", 2048, 8192)],

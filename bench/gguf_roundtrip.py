@@ -29,8 +29,9 @@ QUANT_OF = {"BF16": "bf16", "Q8_0": "q8_0", "Q4_0": "q4_0"}
 
 def compare_weights(a, b) -> str:
     """Elements of every quantized matrix: equal, or one step of their block apart (a rounding tie)."""
-    from llama32_native.quant import dequantize
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the NumPy reference of the formats
     from llama32_native.schema import matrix_names
+    from quant_reference import dequantize
 
     n = n_diff = 0
     worst = 0.0

@@ -7,7 +7,7 @@ import ctypes.util
 
 import numpy as np
 import pytest
-from llama32_native.quant import (
+from quant_reference import (
     IQ4_GRID,
     QUANTIZERS,
     dequantize,

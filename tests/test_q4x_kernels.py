@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from llama32_native._core import testing as kernels
-from llama32_native.quant import QUANTIZERS, dequantize, gemm_reference
+from quant_reference import QUANTIZERS, dequantize, gemm_reference
 
 KINDS = ("q4_1", "iq4_nl")
 # (rows, cols, tokens): partial panels (1, 7, 33, 65 rows), one and two panels a call, 1 token (decode), 3-8

@@ -7,8 +7,8 @@ Python API: `Model.from_pretrained(path)` or `Model.random("llama-3.2-1b")`, the
 
 from __future__ import annotations
 
-from ._version import __version__
 from . import threads as _threads  # first: sets the OpenMP wait policy before the core loads
+from ._version import __version__
 from .config import PRESETS, LlamaConfig, RopeScaling
 from .errors import *  # noqa: F403  (the whole hierarchy is public)
 from .errors import __all__ as _error_names

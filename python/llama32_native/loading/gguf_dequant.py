@@ -66,7 +66,7 @@ def _blocks(raw: np.ndarray, block_bytes: int) -> np.ndarray:
     return flat.reshape(-1, block_bytes)
 
 
-def _f16(b: np.ndarray, start: int) -> np.ndarray:
+def f16_field(b: np.ndarray, start: int) -> np.ndarray:
     """The little-endian fp16 field at byte `start` of every block, as float32 [n, 1]."""
     return np.ascontiguousarray(b[:, start : start + 2]).view("<f2").astype(np.float32)
 
@@ -87,39 +87,39 @@ def dequant_q4_0(raw: np.ndarray) -> np.ndarray:
     """Q4_0 {f16 d; u8 qs[16]}: y = d * (q - 8)."""
     b = _blocks(raw, 18)
     q = _nibbles_j_j16(b[:, 2:18]).astype(np.int8) - np.int8(8)
-    return (_f16(b, 0) * q.astype(np.float32)).reshape(-1)
+    return (f16_field(b, 0) * q.astype(np.float32)).reshape(-1)
 
 
 def dequant_q4_1(raw: np.ndarray) -> np.ndarray:
     """Q4_1 {f16 d; f16 m; u8 qs[16]}: y = d * q + m."""
     b = _blocks(raw, 20)
     q = _nibbles_j_j16(b[:, 4:20]).astype(np.float32)
-    return (_f16(b, 0) * q + _f16(b, 2)).reshape(-1)
+    return (f16_field(b, 0) * q + f16_field(b, 2)).reshape(-1)
 
 
 def dequant_q5_0(raw: np.ndarray) -> np.ndarray:
     """Q5_0 {f16 d; u8 qh[4]; u8 qs[16]}: y = d * ((nibble | bit << 4) - 16)."""
     b = _blocks(raw, 22)
     q = (_nibbles_j_j16(b[:, 6:22]) | (_bits_u32(b[:, 2:6]) << 4)).astype(np.int8) - np.int8(16)
-    return (_f16(b, 0) * q.astype(np.float32)).reshape(-1)
+    return (f16_field(b, 0) * q.astype(np.float32)).reshape(-1)
 
 
 def dequant_q5_1(raw: np.ndarray) -> np.ndarray:
     """Q5_1 {f16 d; f16 m; u8 qh[4]; u8 qs[16]}: y = d * (nibble | bit << 4) + m."""
     b = _blocks(raw, 24)
     q = (_nibbles_j_j16(b[:, 8:24]) | (_bits_u32(b[:, 4:8]) << 4)).astype(np.float32)
-    return (_f16(b, 0) * q + _f16(b, 2)).reshape(-1)
+    return (f16_field(b, 0) * q + f16_field(b, 2)).reshape(-1)
 
 
 def dequant_q8_0(raw: np.ndarray) -> np.ndarray:
     """Q8_0 {f16 d; i8 qs[32]}: y = d * q."""
     b = _blocks(raw, 34)
     q = b[:, 2:34].view(np.int8).astype(np.float32)
-    return (_f16(b, 0) * q).reshape(-1)
+    return (f16_field(b, 0) * q).reshape(-1)
 
 
 # ---------------------------------------------------------------------------- 256-element K blocks
-def _k_scales_mins(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def k_scales_mins(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unpack the 12 scale bytes of Q4_K/Q5_K into 8 six-bit scales and 8 mins, each [n, 8]."""
     lo_sc = s[:, 0:4] & 63
     lo_m = s[:, 4:8] & 63
@@ -130,7 +130,7 @@ def _k_scales_mins(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, m
 
 
-def _k_nibbles(qs: np.ndarray) -> np.ndarray:
+def k_nibbles(qs: np.ndarray) -> np.ndarray:
     """128 bytes -> [n, 8, 32]: chunk c's 32 bytes give sub-block 2c (low) and 2c+1 (high)."""
     q = qs.reshape(-1, 4, 1, 32)
     return np.concatenate([q & 0x0F, q >> 4], axis=2).reshape(-1, 8, 32)
@@ -139,22 +139,22 @@ def _k_nibbles(qs: np.ndarray) -> np.ndarray:
 def dequant_q4_k(raw: np.ndarray) -> np.ndarray:
     """Q4_K {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}: y = d*sc_j*q - dmin*m_j."""
     b = _blocks(raw, 144)
-    sc, m = _k_scales_mins(b[:, 4:16])
-    scale = (_f16(b, 0) * sc)[:, :, None]
-    offset = (_f16(b, 2) * m)[:, :, None]
-    q = _k_nibbles(b[:, 16:144]).astype(np.float32)
+    sc, m = k_scales_mins(b[:, 4:16])
+    scale = (f16_field(b, 0) * sc)[:, :, None]
+    offset = (f16_field(b, 2) * m)[:, :, None]
+    q = k_nibbles(b[:, 16:144]).astype(np.float32)
     return (scale * q - offset).reshape(-1)
 
 
 def dequant_q5_k(raw: np.ndarray) -> np.ndarray:
     """Q5_K {f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: high bit j of qh[l]."""
     b = _blocks(raw, 176)
-    sc, m = _k_scales_mins(b[:, 4:16])
-    scale = (_f16(b, 0) * sc)[:, :, None]
-    offset = (_f16(b, 2) * m)[:, :, None]
+    sc, m = k_scales_mins(b[:, 4:16])
+    scale = (f16_field(b, 0) * sc)[:, :, None]
+    offset = (f16_field(b, 2) * m)[:, :, None]
     # sub-block j takes bit j of every qh byte as its fifth bit
     hbit = (b[:, None, 16:48] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
-    q = (_k_nibbles(b[:, 48:176]) | (hbit << 4)).astype(np.float32)
+    q = (k_nibbles(b[:, 48:176]) | (hbit << 4)).astype(np.float32)
     return (scale * q - offset).reshape(-1)
 
 
@@ -170,7 +170,7 @@ def dequant_q6_k(raw: np.ndarray) -> np.ndarray:
     high = (qh >> (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]) & 3
     q = ((low | (high << 4)).astype(np.int8) - np.int8(32)).astype(np.float32)
     # output i uses scale i // 16, so the 16 scales run in order over 16-element groups
-    scale = _f16(b, 208) * b[:, 192:208].view(np.int8).astype(np.float32)
+    scale = f16_field(b, 208) * b[:, 192:208].view(np.int8).astype(np.float32)
     return (scale[:, :, None] * q.reshape(-1, 16, 16)).reshape(-1)
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..quant import BLOCK_BYTES
-from .gguf_dequant import _f16, _k_nibbles, _k_scales_mins, dequantize
+from ..schema import BLOCK_BYTES
+from .gguf_dequant import dequantize, f16_field, k_nibbles, k_scales_mins
 
 # GGUF type name -> the kind a loader hands over (loading.Tensor.kind), which the engine keeps
 NATIVE_KIND = {
@@ -49,10 +49,10 @@ def q4_k_to_q4_1(raw: np.ndarray) -> np.ndarray:
     Sub-block j of a super-block: y = (d * sc_j) * q - (dmin * m_j), q = 0..15; as q4_1, d' = f16(d * sc_j),
     m' = f16(-(dmin * m_j)), the same codes (the products are exact in f32: 11 x 6 bits)."""
     b = np.ascontiguousarray(raw).reshape(-1, 144)
-    sc, m = _k_scales_mins(b[:, 4:16])
-    scale = (_f16(b, 0) * sc).astype(np.float16)  # [n, 8]
-    offset = (-(_f16(b, 2) * m)).astype(np.float16)
-    q = _k_nibbles(b[:, 16:144])  # [n, 8, 32], element order
+    sc, m = k_scales_mins(b[:, 4:16])
+    scale = (f16_field(b, 0) * sc).astype(np.float16)  # [n, 8]
+    offset = (-(f16_field(b, 2) * m)).astype(np.float16)
+    q = k_nibbles(b[:, 16:144])  # [n, 8, 32], element order
     out = np.empty((b.shape[0], 8, 20), dtype=np.uint8)
     out[..., 0:2] = scale.view(np.uint8).reshape(scale.shape + (2,))
     out[..., 2:4] = offset.view(np.uint8).reshape(offset.shape + (2,))

@@ -1,4 +1,4 @@
-"""NumPy reference of the weight formats: quantizers, dequantizers and the integer dot the kernels compute.
+"""NumPy reference of the weight formats (a test oracle, not shipped in the package): quantizers, dequantizers and the integer dot the kernels compute.
 
 Contract: the C++ quantizers and kernels match these bit for bit. Blocks are ggml's: Q8_0 {f16 d; i8 q[32]};
 Q4_0 {f16 d; u8 qs[16]}, byte j = element j (low nibble) and element j+16 (high nibble), y = d * (q - 8);
@@ -14,8 +14,7 @@ import numpy as np
 
 # IQ4_NL's 16 non-linear levels (ggml's kvalues_iq4nl): a 4-bit code indexes this grid.
 IQ4_GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
-# Bytes of one plain block of 32 weights, by kind.
-BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "iq4_nl": 18}
+from llama32_native.schema import BLOCK_BYTES  # bytes of one plain block of 32 weights, by kind
 
 
 def _blocks(x: np.ndarray) -> np.ndarray:
