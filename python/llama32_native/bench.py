@@ -261,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-gen", type=int, default=128, help="tokens generated after the prompt (decode)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (medians are shown)")
     ap.add_argument("--kv-cache", default="f16", choices=sorted(KV_BYTES), help="KV cache type")
-    ap.add_argument("--peers", action="store_true", help="also run bench/peers.py (llama.cpp, PyTorch) if present")
+    ap.add_argument("--peers", nargs="?", const="bench/peers.py", default=None, metavar="PEERS_PY",
+                    help="also run the peers script of a source checkout (llama.cpp, PyTorch); "
+                         "the path defaults to bench/peers.py under the current directory")
     ap.add_argument("--batch", nargs="*", type=int, default=[],
                     help="also measure aggregate batched decode for these batch sizes (e.g. 1 2 4 8 16)")
     ap.add_argument("--skip-single", action="store_true", help="only the batched-decode table (with --batch)")
@@ -349,12 +351,12 @@ def busy_warnings(busy_cpus: float, spread: dict[int, float]) -> list[str]:
 
 
 def _peer_rows(a: Any, bw: dict[int, float]) -> list[dict[str, Any]]:
-    """llama.cpp and PyTorch on the same architectures, via bench/peers.py of a source checkout (a subprocess)."""
+    """llama.cpp and PyTorch on the same architectures, via the peers script of a source checkout (a subprocess)."""
     import tempfile
 
-    script = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "bench", "peers.py"))
-    if not os.path.exists(script):
-        print("# peers: bench/peers.py not found (run from a source checkout)")
+    script = os.path.abspath(a.peers)  # named on the command line: the installed package knows no checkout
+    if not os.path.isfile(script):
+        print(f"# peers: {a.peers} not found (run from a source checkout, or give its path: --peers PATH)")
         return []
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "peers.json")
