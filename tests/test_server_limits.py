@@ -66,7 +66,7 @@ def test_abandoned_request_stops_within_a_step(server, path, body) -> None:
     wait_for(lambda: sched.active_count == 0 and sched.queue_depth == 0)
     cancelled, done = sched.stats.requests_cancelled, sched.stats.requests_done
     with model._lock:  # the scheduler stalls on its next forward: the request cannot finish by itself
-        t = threading.Thread(target=_post_and_leave, args=(server["url"], path, body, 0.5))
+        t = threading.Thread(target=_post_and_leave, args=(server["url"], path, body, 2.0))
         t.start()
         wait_for(lambda: sched.active_count == 1)
         t.join()  # the client has left, with the generation still running

@@ -44,5 +44,5 @@ __all__ = [
     "SamplingParams",
     "Tokenizer",
     "system_info",
-    *_error_names,
 ]
+__all__ += _error_names

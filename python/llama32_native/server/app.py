@@ -126,6 +126,8 @@ async def _collect(service: Service, queue: asyncio.Queue, jobs: list[Job], requ
 def _install_routes(app: FastAPI, svc: Service) -> None:
     cfg = svc.config
     created = int(time.time())
+    with open(os.path.join(STATIC_DIR, "chat.html"), encoding="utf-8") as f:  # read once, not in the event loop
+        chat_page = f.read()
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -148,9 +150,7 @@ def _install_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        with open(os.path.join(STATIC_DIR, "chat.html"), encoding="utf-8") as f:
-            html = f.read()
-        return HTMLResponse(html, headers={"x-content-type-options": "nosniff",
+        return HTMLResponse(chat_page, headers={"x-content-type-options": "nosniff",
                                            "content-security-policy": "default-src 'self'; script-src 'self' "
                                            "'unsafe-inline'; style-src 'self' 'unsafe-inline'"})
 

@@ -80,7 +80,7 @@ class Guard:
         except (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError):
             raise
         except BaseException as e:  # noqa: B036 - pyo3's PanicException derives from BaseException
-            log.error("unhandled %s in %s: %s", type(e).__name__, scope.get("path"), e, exc_info=True)
+            log.exception("unhandled %s in %s: %s", type(e).__name__, scope.get("path"), e)
             if not started:
                 await send_error(send, 500, f"internal error: {type(e).__name__}", code="internal_error")
 
