@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
         thread.join(30)
     st = app.state.scheduler.stats
-    report(out, {"forward calls": st.forward_calls, "decode steps": st.decode_steps,
+    report(out, {"forward calls": st.forward_calls,
                  "largest batch": st.max_batch, "max queue depth": st.max_queue_depth,
                  "cancelled": st.requests_cancelled, "failed": st.requests_failed})
     model.close()

@@ -619,15 +619,16 @@ class Model:
 
         return build_generation(self, prompt_ids, chat=chat, index=index, **options)
 
-    def _run(self, gens: list[Generation]) -> Iterator[tuple[Generation, TokenUpdate]]:
-        """Decode generations together until all are done; yields each step's updates."""
+    def _run(self, gens: list[Generation], raise_errors: bool = True) -> Iterator[tuple[Generation, TokenUpdate]]:
+        """Decode generations together until all are done; yields each step's updates. A generation that fails
+        raises its error, or with raise_errors=False just ends (its result carries the error)."""
         decoder = Decoder(self)
         for g in gens:
             decoder.add(g)
         try:
             while decoder.busy:
                 for gen, upd in decoder.step():
-                    if upd.error is not None:
+                    if upd.error is not None and raise_errors:
                         raise upd.error
                     yield gen, upd
         finally:
@@ -713,17 +714,8 @@ class Model:
                     raise
                 gens.append(None)
                 failed[i] = str(e)
-        live = [g for g in gens if g is not None]
-        decoder = Decoder(self)
-        for g in live:
-            decoder.add(g)
-        try:
-            while decoder.busy:
-                for gen, upd in decoder.step():
-                    if upd.error is not None and errors == "raise":
-                        raise upd.error
-        finally:
-            decoder.close()
+        for _ in self._run([g for g in gens if g is not None], raise_errors=errors == "raise"):
+            pass
         return [g.result() if g is not None else GenerationResult("", [], "error", 0, None, failed[i])
                 for i, g in enumerate(gens)]
 

@@ -79,8 +79,7 @@ class Job:
 
 @dataclasses.dataclass
 class SchedulerStats:
-    forward_calls: int = 0
-    decode_steps: int = 0
+    forward_calls: int = 0  # batched forwards: prefill rows of new requests ride in the same step as decodes
     tokens_generated: int = 0
     requests_done: int = 0
     requests_cancelled: int = 0
@@ -220,7 +219,6 @@ class Scheduler:
         self.stats.max_batch = max(self.stats.max_batch, len(self._active))
         updates = self._decoder.step()
         self.stats.forward_calls += 1
-        self.stats.decode_steps += 1
         for gen, upd in updates:
             job = self._active.get(gen)
             if job is None:
